@@ -1,100 +1,316 @@
-"""Quality check: train DeepSpeech on a synthetic Italian corpus for a fixed wall-clock budget on this
-machine and report greedy CER/WER on the speaker- and sentence-disjoint test split, with the CER curve.
+"""Quality benchmark: DeepSpeech and Conformer-CTC, augmentation off and on, same data, same budget.
 
-    .venv/bin/python benchmarks/quality.py [--clips 3000] [--minutes 15] [--n-hidden 384]
+    .venv/bin/python benchmarks/quality.py                 # corpus + LM, then every row, then the table
+    .venv/bin/python benchmarks/quality.py --prepare       # corpus and LM only
+    .venv/bin/python benchmarks/quality.py --row conformer:on    # one row (the driver runs these)
+    .venv/bin/python benchmarks/quality.py --table         # the table from the finished rows
 
-The corpus comes from `dsita synth` (espeak-ng and festival voices) and is reused when already present.
-Training resumes epoch by epoch, so the curve is measured on real checkpoints; the time budget is checked
-before each epoch from the previous epoch's length, and counts training time only.
+Data (leave one engine out): `dsita synth` speaks disjoint sentence sets into two archives.
+- espeak.tar.gz: espeak-ng variants only (many voices across speed and pitch), with --shared-speakers, so
+  its dev and test splits are unseen sentences in voices heard in training. The models train on its train
+  split and choose their best checkpoint on its dev split.
+- festival.tar.gz: both festival voices only, every split used as a test set: a voice family the models
+  never heard, standing in for unseen speakers.
+The LM is `dsita lm build`'s default corpus (fortunes-it + extra sentences) minus every dev and test
+sentence; alpha/beta are tuned per model on the espeak dev split, then both test sets are decoded.
+
+Budget: each row trains for --minutes of its own CPU time on one thread (torch on 1 thread, no loader
+workers, so loading, augmentation and dev loss all count). With --parallel 2 two rows run side by side on
+a 2-core machine, each on its own core, so CPU time and wall-clock time agree. Training runs in chunks of
+--chunk-steps batches with a dev loss after each; a chunk starts only if it should end within the budget.
+DeepSpeech's N_HIDDEN is chosen so that its parameter count is closest to the conformer preset's.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
 import time
+from dataclasses import asdict, replace
 from pathlib import Path
 
-import torch
+from dsita.data.augment import AugmentOptions
 
-from dsita.checkpoint import LAST, load_model
-from dsita.data.commonvoice import import_common_voice
-from dsita.data.convert import ImportOptions
-from dsita.data.dataset import load_samples
-from dsita.data.sentences import default_sentences
-from dsita.data.synth import SynthOptions, synthesize_corpus
-from dsita.evaluate import evaluate_greedy
-from dsita.text.alphabet import Alphabet
-from dsita.train import TrainOptions, train
+WORK = Path("data/quality-v2")
+MODELS = ("deepspeech", "conformer")
+AUGMENT = ("off", "on")
+TEST_SETS = ("espeak", "festival")
 
 
-def corpus(work: Path, clips: int, seed: int) -> Path:
-    archive = work / "it.tar.gz"
-    if not archive.exists():
-        start = time.monotonic()
-        synthesize_corpus(default_sentences(), archive, SynthOptions(n_clips=clips, seed=seed, workers=2))
-        print(f"synthesised {clips} clips in {time.monotonic() - start:.0f} s")
-    extracted = work / "extracted"
-    report = import_common_voice(
-        archive, extracted, ImportOptions(Alphabet.italian(), workers=2, progress=False)
-    )
-    print(f"imported: {report.total_kept} clips kept")
-    return extracted
-
-
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--clips", type=int, default=3000)
-    parser.add_argument("--minutes", type=float, default=15.0)
-    parser.add_argument("--n-hidden", type=int, default=384)
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--work", type=Path, default=WORK)
+    parser.add_argument("--espeak-clips", type=int, default=8000)
+    parser.add_argument("--festival-clips", type=int, default=600)
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--work", type=Path, default=Path("data/quality"))
-    args = parser.parse_args()
+    parser.add_argument("--minutes", type=float, default=30.0, help="CPU minutes of training per row")
+    parser.add_argument("--chunk-steps", type=int, default=100)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--lr-deepspeech", type=float, default=5e-4)
+    parser.add_argument("--lr-conformer", type=float, default=1e-3)
+    parser.add_argument("--size", default="small", help="conformer preset")
+    parser.add_argument("--trials", type=int, default=40, help="alpha/beta trials per row")
+    parser.add_argument("--parallel", type=int, default=2)
+    parser.add_argument("--rows", default="deepspeech:off,conformer:off,deepspeech:on,conformer:on")
+    parser.add_argument("--prepare", action="store_true")
+    parser.add_argument("--row")
+    parser.add_argument("--table", action="store_true")
+    return parser.parse_args()
 
+
+# ---------------------------------------------------------------------------------------------- data + LM
+def prepare(args: argparse.Namespace) -> None:
+    from dsita.data.commonvoice import import_common_voice
+    from dsita.data.convert import ImportOptions
+    from dsita.data.sentences import default_sentences, prepare_sentences
+    from dsita.data.synth import ESPEAK, FESTIVAL, SynthOptions, synthesize_corpus
+    from dsita.lm.build import LmBuildOptions, build_scorer
+    from dsita.lm.corpus import evaluation_sentences
+    from dsita.text.alphabet import Alphabet
+
+    work: Path = args.work
+    work.mkdir(parents=True, exist_ok=True)
     alphabet = Alphabet.italian()
-    extracted = corpus(args.work, args.clips, args.seed)
-    test = load_samples([extracted / "test.csv"], alphabet)
-    checkpoints = args.work / f"checkpoints-h{args.n_hidden}"
+    sentences = prepare_sentences(default_sentences(), 3, 14)
+    random.Random(args.seed).shuffle(sentences)
+    espeak_text = [s.text for s in sentences[: args.espeak_clips]]
+    festival_text = [s.text for s in sentences[args.espeak_clips : args.espeak_clips + args.festival_clips]]
+    corpora = {
+        "espeak": (espeak_text, SynthOptions(
+            n_clips=args.espeak_clips, seed=args.seed, engines=(ESPEAK,), shared_speakers=True,
+            split_fractions=(0.85, 0.075, 0.075),
+        )),
+        "festival": (festival_text, SynthOptions(
+            n_clips=args.festival_clips, seed=args.seed, engines=(FESTIVAL,),
+        )),
+    }  # fmt: skip
+    for name, (text, options) in corpora.items():
+        archive = work / f"{name}.tar.gz"
+        if not archive.exists():
+            report = synthesize_corpus(text, archive, options)
+            print(f"{name}: {len(text)} clips, {report.hours:.2f} h, synthesised in {report.elapsed_s:.0f} s")
+        if not (work / name / "test.csv").exists():
+            imported = import_common_voice(
+                archive, work / name, ImportOptions(alphabet, workers=2, progress=False)
+            )
+            print(f"{name}: imported {imported.total_kept} clips, skipped {sum(imported.skipped.values())}")
+    scorer_dir = work / "scorer"
+    if not scorer_dir.exists():
+        held_out = [work / "espeak" / "dev.csv", work / "espeak" / "test.csv"]
+        held_out += [work / "festival" / f"{split}.csv" for split in ("train", "dev", "test")]
+        report = build_scorer(
+            scorer_dir,
+            alphabet,
+            LmBuildOptions(memory="10%", workers=2),
+            exclude=evaluation_sentences(held_out),
+        )
+        print(
+            f"scorer: {report.scorer.vocabulary_size} words, {report.ngrams} n-grams, {report.seconds:.1f} s"
+        )
+
+
+def test_sets(work: Path) -> dict[str, list[Path]]:
+    return {
+        "espeak": [work / "espeak" / "test.csv"],
+        "festival": [work / "festival" / f"{split}.csv" for split in ("train", "dev", "test")],
+    }
+
+
+# ---------------------------------------------------------------------------------------------- one row
+def augment_options(on: bool) -> AugmentOptions:
+    """Nothing, or exactly what `AUGMENT=1` gives a user (the recommended probabilities and ranges)."""
+    from dsita.settings import load_settings
+    from dsita.train import options_from_settings
+
+    if not on:
+        return AugmentOptions()
+    settings, _ = load_settings(overrides={"augment": True})
+    return options_from_settings(settings, [], [], Path(".")).augment
+
+
+def matched_n_hidden(target_parameters: int, n_outputs: int) -> int:
+    """The DeepSpeech width whose parameter count is closest to `target_parameters`."""
+    from dsita.model import build_model, count_parameters, new_model_config
+
+    def params(n_hidden: int) -> int:
+        return count_parameters(build_model(new_model_config("deepspeech", n_outputs, n_hidden=n_hidden)))
+
+    return min(range(64, 2049, 8), key=lambda n: abs(params(n) - target_parameters))
+
+
+def run_row(args: argparse.Namespace, row: str) -> None:
+    import torch
+
+    from dsita.checkpoint import BEST_DEV, load_model
+    from dsita.data.dataset import load_samples
+    from dsita.decode import BatchDecoder
+    from dsita.evaluate import evaluate_greedy, evaluate_logits, model_logits
+    from dsita.lm.optimize import OptimizeOptions, optimize
+    from dsita.lm.scorer import load_scorer
+    from dsita.model import build_model, count_parameters, new_model_config
+    from dsita.text.alphabet import Alphabet
+    from dsita.train import TrainOptions, train
+
+    torch.set_num_threads(1)
+    model_name, augment = row.split(":")
+    work: Path = args.work
+    alphabet = Alphabet.italian()
+    n_outputs = len(alphabet) + 1
+    conformer_parameters = count_parameters(
+        build_model(new_model_config("conformer", n_outputs, preset=args.size))
+    )
+    n_hidden = matched_n_hidden(conformer_parameters, n_outputs)
+    row_dir = work / "rows" / f"{model_name}-{augment}"
     options = TrainOptions(
-        train_csvs=(extracted / "train.csv",),
-        dev_csvs=(extracted / "dev.csv",),
-        checkpoint_dir=checkpoints,
+        train_csvs=(work / "espeak" / "train.csv",),
+        dev_csvs=(work / "espeak" / "dev.csv",),
+        checkpoint_dir=row_dir / "checkpoints",
+        architecture=model_name,
+        model_size=args.size,
+        n_hidden=n_hidden,
         batch_size=args.batch,
         epochs=1,
-        learning_rate=args.lr,
-        n_hidden=args.n_hidden,
+        learning_rate=args.lr_conformer if model_name == "conformer" else args.lr_deepspeech,
         dropout=0.1,
         early_stop=False,
         amp=False,
-        workers=1,
+        workers=0,
+        augment=augment_options(augment == "on"),
+        max_steps_per_epoch=args.chunk_steps,
+        max_dev_clips=300,
         show_progress=False,
     )
-    curve: list[tuple[float, int, float, float]] = []
-    trained_minutes, last_epoch_minutes, epoch = 0.0, 0.0, 0
-    # The budget counts training only (not the evaluations for the curve), and an epoch starts only when
-    # it should end within the budget, judging by the previous epoch's length.
-    while trained_minutes + last_epoch_minutes <= args.minutes:
-        epoch += 1
-        start = time.monotonic()
-        train(TrainOptions(**{**options.__dict__, "epochs": epoch}), alphabet)
-        last_epoch_minutes = (time.monotonic() - start) / 60
-        trained_minutes += last_epoch_minutes
-        model, _ = load_model(checkpoints / LAST)
-        report = evaluate_greedy(model, test, alphabet, torch.device("cpu"))
-        curve.append((trained_minutes, epoch, report.cer, report.wer))
-        print(f"{trained_minutes:6.1f} min  epoch {epoch:3d}  CER {report.cer:6.1%}  WER {report.wer:6.1%}")
+    budget = args.minutes * 60
+    cpu_used, last_chunk, chunk, wall_start = 0.0, 0.0, 0, time.monotonic()
+    while cpu_used + last_chunk <= budget:
+        chunk += 1
+        start = time.process_time()
+        train(replace(options, epochs=chunk), alphabet)
+        last_chunk = time.process_time() - start
+        cpu_used += last_chunk
+        print(f"{row}: chunk {chunk}, {cpu_used / 60:.1f} CPU min", flush=True)
+    wall = time.monotonic() - wall_start
 
-    print("\nCER curve (minutes, epoch, greedy CER, greedy WER):")
-    for minutes, ep, cer, wer in curve:
-        print(f"  {minutes:5.1f}  {ep:3d}  {cer:6.1%}  {wer:6.1%}")
-    final = curve[-1]
-    print(
-        f"\nfinal after {final[0]:.1f} min ({len(test)} test clips): "
-        f"greedy CER {final[2]:.1%}, WER {final[3]:.1%}"
+    metrics = [
+        json.loads(line) for line in (options.checkpoint_dir / "metrics.jsonl").read_text().splitlines()
+    ]
+    audio_seconds = sum(m["audio_seconds_per_second"] * m["seconds"] for m in metrics)
+    model, _ = load_model(options.checkpoint_dir / BEST_DEV)
+    device = torch.device("cpu")
+    result: dict = {
+        "row": row,
+        "parameters": count_parameters(model),
+        "n_hidden": n_hidden if model_name == "deepspeech" else None,
+        "cpu_minutes": cpu_used / 60,
+        "wall_minutes": wall / 60,
+        "chunks": chunk,
+        "steps": metrics[-1]["step"],
+        "audio_seconds_per_second": audio_seconds / sum(m["seconds"] for m in metrics),
+        "best_dev_loss": min(m["dev_loss"] for m in metrics),
+        "augment": {k: str(v) for k, v in asdict(options.augment).items()},
+        "curve": [(m["step"], m["dev_loss"]) for m in metrics],
+        "tests": {},
+    }
+    scorer_dir = row_dir / "scorer"
+    shutil.rmtree(scorer_dir, ignore_errors=True)
+    shutil.copytree(work / "scorer", scorer_dir)
+    dev = load_samples([work / "espeak" / "dev.csv"], alphabet)
+    tuned = optimize(
+        load_scorer(scorer_dir),
+        dev,
+        model_logits(model, dev, alphabet, device),
+        alphabet,
+        OptimizeOptions(n_trials=args.trials, workers=1),
+        key=row.replace(":", "-"),
     )
+    result["alpha"], result["beta"] = tuned.alpha, tuned.beta
+    with BatchDecoder(alphabet, tuned.scorer, workers=1) as decoder:
+        for name, csvs in test_sets(work).items():
+            samples = load_samples(csvs, alphabet)
+            greedy = evaluate_greedy(model, samples, alphabet, device)
+            with_lm = evaluate_logits(samples, model_logits(model, samples, alphabet, device), decoder)
+            result["tests"][name] = {
+                "clips": len(samples),
+                "greedy_cer": greedy.cer,
+                "greedy_wer": greedy.wer,
+                "lm_cer": with_lm.cer,
+                "lm_wer": with_lm.wer,
+            }
+    (row_dir / "result.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    print(json.dumps(result["tests"]), flush=True)
+
+
+# ---------------------------------------------------------------------------------------------- driver
+def run_rows(args: argparse.Namespace, rows: list[str]) -> None:
+    """Run rows as separate one-thread processes, `args.parallel` at a time."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    pending, running = list(rows), []
+    while pending or running:
+        while pending and len(running) < args.parallel:
+            row = pending.pop(0)
+            log = (args.work / "rows" / f"{row.replace(':', '-')}.log").open("w")
+            command = [sys.executable, __file__, "--row", row, *forward_args(args)]
+            running.append((row, subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)))
+        time.sleep(5)
+        for row, process in list(running):
+            if process.poll() is not None:
+                running.remove((row, process))
+                print(f"{row}: finished with exit status {process.returncode}", flush=True)
+
+
+def forward_args(args: argparse.Namespace) -> list[str]:
+    return [
+        "--work", str(args.work), "--minutes", str(args.minutes), "--chunk-steps", str(args.chunk_steps),
+        "--batch", str(args.batch), "--lr-deepspeech", str(args.lr_deepspeech),
+        "--lr-conformer", str(args.lr_conformer), "--size", args.size, "--trials", str(args.trials),
+    ]  # fmt: skip
+
+
+def print_table(work: Path, rows: list[str]) -> None:
+    header = "| model | augmentation | parameters | audio-s/s | steps |"
+    for name in TEST_SETS:
+        header += f" {name} greedy CER / WER | {name} LM CER / WER |"
+    print(header)
+    print("|" + "---|" * (5 + 2 * len(TEST_SETS)))
+    for row in rows:
+        path = work / "rows" / row.replace(":", "-") / "result.json"
+        if not path.exists():
+            print(f"| {row} | not run |")
+            continue
+        r = json.loads(path.read_text())
+        model, augment = row.split(":")
+        speed = r["audio_seconds_per_second"]
+        line = f"| {model} | {augment} | {r['parameters'] / 1e6:.2f} M | {speed:.1f} | {r['steps']} |"
+        for name in TEST_SETS:
+            t = r["tests"][name]
+            line += (
+                f" {t['greedy_cer']:.1%} / {t['greedy_wer']:.1%} | {t['lm_cer']:.1%} / {t['lm_wer']:.1%} |"
+            )
+        print(line)
+
+
+def main() -> None:
+    args = parse_args()
+    rows = args.rows.split(",")
+    if args.row:
+        run_row(args, args.row)
+        return
+    if args.table:
+        print_table(args.work, rows)
+        return
+    prepare(args)
+    if args.prepare:
+        return
+    (args.work / "rows").mkdir(parents=True, exist_ok=True)
+    run_rows(args, rows)
+    print_table(args.work, rows)
 
 
 if __name__ == "__main__":

@@ -130,7 +130,7 @@ def test_spec_augment_time_mask_hides_source_frames_everywhere_they_appear() -> 
 
 
 def test_spec_augment_frequency_mask_hides_the_same_coefficients_in_every_frame() -> None:
-    augment = SpecAugment(frame_size=COEFFS, freq_masks=1, max_freq_width=2, time_masks=0)
+    augment = SpecAugment(frame_size=COEFFS, freq_masks=1, max_freq_fraction=1 / 3, time_masks=0)
     masked_any = False
     for seed in range(5):
         out = augment(STACKED, torch.tensor([FRAMES]), torch.Generator().manual_seed(seed))

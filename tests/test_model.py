@@ -169,7 +169,8 @@ def test_new_model_config_and_transfer_layers() -> None:
     "data",
     [
         {"n_outputs": 9},
-        {"architecture": "conformer", "n_outputs": 9},
+        {"architecture": "transformer", "n_outputs": 9},
+        {"architecture": "conformer", "n_outputs": 9, "d_model": 100, "n_heads": 4},
         {"architecture": "deepspeech", "n_outputs": 9, "n_layers": 4},
         {"architecture": "deepspeech"},
         {"architecture": "deepspeech", "n_outputs": 9, "dropout": 1.5},

@@ -90,6 +90,9 @@ def test_lm_evaluate_range_is_parsed(monkeypatch: pytest.MonkeyPatch) -> None:
         ("DROP_SOURCE_LAYERS", "6", "DROP_SOURCE_LAYERS must be an integer from 0 to 5, got '6'"),
         ("ES_STOP", "-1", "ES_EPOCHS must be a positive integer, got '-1'"),
         ("CV_SHA256", "xyz", "CV_SHA256 must be empty or 64 hexadecimal digits, got 'xyz'"),
+        ("AUG_NOISE", "1.5", "AUG_NOISE must be a probability from 0 to 1, got '1.5'"),
+        ("AUG_SNR_DB", "30,5", "AUG_SNR_DB must be MIN,MAX in dB such as 5,30, got '30,5'"),
+        ("AUG_RT60", "0,0.5", "AUG_RT60 must be MIN,MAX in seconds, above 0, such as 0.1,0.6, got '0,0.5'"),
     ],
 )
 def test_bad_values_name_the_variable(
@@ -146,3 +149,17 @@ def test_cli_missing_env_file_is_one_line(tmp_path: Path) -> None:
     result = run_cli("--env-file", str(tmp_path / "missing.env"), "config")
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1 and "missing.env" in result.stderr
+
+
+def test_augmentation_settings_and_the_augment_switch(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AUG_SNR_DB", "0,20")
+    monkeypatch.setenv("AUG_RT60", "0.2,0.8")
+    settings, _ = load_settings()
+    assert (settings.aug_snr_db, settings.aug_rt60, settings.aug_noise) == ((0.0, 20.0), (0.2, 0.8), 0.0)
+    assert settings.env_value("aug_snr_db") == "0,20"
+    # AUGMENT=1 fills in only the probabilities nothing else sets.
+    monkeypatch.setenv("AUGMENT", "1")
+    monkeypatch.setenv("AUG_NOISE", "0.1")
+    settings, sources = load_settings(overrides={"aug_reverb": 0.0})
+    assert (settings.aug_noise, settings.aug_reverb, settings.aug_specaugment) == (0.1, 0.0, 1.0)
+    assert sources["aug_specaugment"] == "AUGMENT=1" and sources["aug_reverb"] == "flag"

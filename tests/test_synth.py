@@ -31,11 +31,13 @@ from dsita.data.synth import (
     FESTIVAL_VOICES,
     TOP_DIR,
     TSV_COLUMNS,
+    PlannedClip,
     Speaker,
     SynthOptions,
     SynthReport,
     check_engines,
     plan_corpus,
+    render_clip,
     spoken_text,
     synthesize_corpus,
     synthesize_speech,
@@ -150,6 +152,17 @@ def test_plan_is_seeded_and_disjoint() -> None:
             assert not speakers[a] & speakers[b] and not variants[a] & variants[b]
 
 
+def test_shared_speakers_repeat_train_voices_with_unseen_sentences() -> None:
+    options = SynthOptions(n_clips=300, seed=3, engines=(ESPEAK,), shared_speakers=True)
+    plan = plan_corpus(fake_sentences(500), options)
+    by_split = {split: [c for c in plan if c.split == split] for split in SPLITS}
+    train_speakers = {c.speaker for c in by_split["train"]}
+    assert len(train_speakers) == 30 and {s.engine for s in train_speakers} == {ESPEAK}
+    for split in ("dev", "test"):
+        assert {c.speaker for c in by_split[split]} <= train_speakers
+        assert not {c.sentence for c in by_split[split]} & {c.sentence for c in by_split["train"]}
+
+
 def test_options_and_plan_reject_impossible_requests() -> None:
     with pytest.raises(DsitaError, match="add up to 1"):
         SynthOptions(split_fractions=(0.8, 0.1, 0.2))
@@ -244,6 +257,18 @@ def test_festival_speaks_accented_text_as_latin1(voice: str, tmp_path: Path) -> 
     speaker = Speaker(FESTIVAL, voice, 1.1, 1.2)
     audio, rate = synthesize_speech(speaker, "Perché la città è già così bella?", tmp_path / "a.wav")
     assert rate > 0 and len(audio) > rate and np.abs(audio).max() > 0.05
+
+
+@needs_tts
+def test_a_sentence_festival_crashes_on_is_read_from_its_transcript(tmp_path: Path) -> None:
+    text = "Perché i carabinieri hanno il cervello grosso come una pallina da ping-pong?"
+    speaker = Speaker(FESTIVAL, "lp_diphone", 1.07, 1.22)
+    with pytest.raises(DsitaError, match="no audible output"):  # festival's own crash, exit status 0
+        synthesize_speech(speaker, text, tmp_path / "a.wav")
+    sentence = prepare_sentences([text], 3, 20)[0]
+    clip = PlannedClip("test", "common_voice_it_1.mp3", sentence, speaker)
+    mp3, seconds = render_clip(clip, tmp_path)
+    assert seconds > 2 and len(mp3) > 1000
 
 
 @needs_tts

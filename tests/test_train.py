@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from dsita.checkpoint import BEST_DEV, LAST, load_checkpoint, load_model
+from dsita.data.augment import AugmentOptions
 from dsita.data.csvs import Sample, read_csv, write_csv
 from dsita.errors import DsitaError
 from dsita.text.alphabet import Alphabet
@@ -215,7 +216,8 @@ def test_feature_cache_gives_the_same_training_as_on_the_fly_features(
 def test_augmentation_trains_and_changes_the_result(sample_corpus: Path, tmp_path: Path) -> None:
     plain = train(options(sample_corpus, tmp_path / "plain", epochs=1), ITALIAN)
     augmented = train(
-        options(sample_corpus, tmp_path / "aug", epochs=1, spec_augment=True, speed_perturb=0.5), ITALIAN
+        options(sample_corpus, tmp_path / "aug", epochs=1, augment=AugmentOptions(speed=0.5, spec_augment=1)),
+        ITALIAN,
     )
     assert not torch.equal(plain.model.layer_6.weight, augmented.model.layer_6.weight)
     # Dev is never augmented: the same weights give the same dev loss through the unaugmented dev set.

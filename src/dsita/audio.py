@@ -1,6 +1,8 @@
 """Audio I/O and the signal constants everything else derives from.
 
 DeepSpeech 0.9 features: 16 kHz audio, a 32 ms window with a 20 ms step, 26 MFCCs, 9 frames of context.
+The conformer's log-mel features: a 25 ms window with a 10 ms step (the usual choice for attention models,
+which subsample by 4 afterwards), mel channels from 0 Hz to the Nyquist frequency.
 """
 
 from __future__ import annotations
@@ -33,6 +35,13 @@ MEL_LOW_HZ = 20.0
 MEL_HIGH_HZ = 8000.0
 N_CONTEXT = 9
 N_INPUT = (2 * N_CONTEXT + 1) * N_MFCC  # 494
+LOG_MEL_WINDOW_MS = 25
+LOG_MEL_STEP_MS = 10
+LOG_MEL_WINDOW_SAMPLES = exact_div(SAMPLE_RATE * LOG_MEL_WINDOW_MS, 1000)  # 400
+LOG_MEL_STEP_SAMPLES = exact_div(SAMPLE_RATE * LOG_MEL_STEP_MS, 1000)  # 160
+N_LOG_MEL = 80
+LOG_MEL_LOW_HZ = 0.0
+LOG_MEL_HIGH_HZ = SAMPLE_RATE / 2
 
 
 def downmix(audio: np.ndarray) -> np.ndarray:

@@ -193,20 +193,25 @@ def _check(checkpoint: TfCheckpoint, expected: dict[str, tuple[int, ...]], confi
 
 
 def ensure_dsita_checkpoint(
-    source: Path, out_dir: Path, n_hidden: int, alphabet: Alphabet | None = None
+    source: Path,
+    out_dir: Path,
+    n_hidden: int,
+    alphabet: Alphabet | None = None,
+    architecture: str = DeepSpeechConfig.ARCHITECTURE,
 ) -> Path:
     """The dsita checkpoint file to transfer from: `source` itself, or its conversion into `out_dir`.
 
     `source` is a dsita checkpoint (a .pt file, or a folder with best_dev.pt or last.pt) or a DeepSpeech
     TensorFlow checkpoint: a folder holding one, a tar archive of one, or a folder holding exactly one such
     archive or one such folder (an unpacked release archive). `n_hidden` and `alphabet` are as for
-    `convert_deepspeech_checkpoint`. The conversion is redone on every call: for the 0.9.3 checkpoint about
-    10 s from a folder, 30 s from its .tar.gz (gzip is read more than once), 1 GB of memory at the peak.
+    `convert_deepspeech_checkpoint`. A TensorFlow checkpoint can only start a model of the `deepspeech`
+    `architecture` (see `check_transfer_source`). The conversion is redone on every call: for the 0.9.3
+    checkpoint about 10 s from a folder, 30 s from its .tar.gz (gzip is read more than once), 1 GB of memory
+    at the peak.
     """
-    if source.is_file() and not tarfile.is_tarfile(source):
-        return source  # a dsita checkpoint file: loading it checks it
-    if source.is_dir() and any((source / name).is_file() for name in (BEST_DEV, LAST)):
-        return resolve_checkpoint(source)
+    if (own := _dsita_checkpoint(source)) is not None:
+        return own
+    check_transfer_source(source, architecture)
     candidates = [source] if source.is_file() or _holds_tf_checkpoint(source) else []
     if not candidates and source.is_dir():
         candidates = [
@@ -223,6 +228,25 @@ def ensure_dsita_checkpoint(
     report = convert_deepspeech_checkpoint(candidates[0], out_dir, n_hidden, alphabet)
     log.info("Converted the DeepSpeech checkpoint %s into %s", report.source, report.checkpoint)
     return report.checkpoint
+
+
+def check_transfer_source(source: Path, architecture: str) -> None:
+    """Refuse to start a model of another architecture than deepspeech from anything but a dsita checkpoint:
+    the converter writes deepspeech models only. Cheap, so `dsita run` checks it before importing."""
+    if architecture != DeepSpeechConfig.ARCHITECTURE and _dsita_checkpoint(source) is None:
+        raise DsitaError(
+            f"{source} holds no dsita checkpoint ({BEST_DEV} or {LAST}) to start MODEL={architecture} from; "
+            "a DeepSpeech TensorFlow checkpoint can start MODEL=deepspeech only"
+        )
+
+
+def _dsita_checkpoint(source: Path) -> Path | None:
+    """The dsita checkpoint file `source` is or holds; None for anything else (a TensorFlow checkpoint)."""
+    if source.is_file() and not tarfile.is_tarfile(source):
+        return source  # a dsita checkpoint file: loading it checks it
+    if source.is_dir() and any((source / name).is_file() for name in (BEST_DEV, LAST)):
+        return resolve_checkpoint(source)
+    return None
 
 
 def _holds_tf_checkpoint(folder: Path) -> bool:

@@ -1,9 +1,11 @@
-"""DeepSpeech 0.9 input features in numpy, for inference without torch, whole or streamed.
+"""Model input features in numpy, for inference without torch: DeepSpeech 0.9's MFCCs (whole or streamed)
+and the conformer's normalised log-mels (whole segments).
 
-The same pipeline as `dsita.model.features` (which documents it and builds its matrices from here): full
-512-sample windows every 320 samples, periodic Hann, |FFT|², TF's mel filterbank on the magnitude, log with
-a floor, TF's DCT, then `n_context` frames of context each side. Computed in float64 and returned as
-float32, as TF did; this differs from the torch float32 features by float32 rounding only.
+The same pipelines as `dsita.model.features` (which documents them and builds its matrices from here).
+MFCCs: full 512-sample windows every 320 samples, periodic Hann, |FFT|², TF's mel filterbank on the
+magnitude, log with a floor, TF's DCT, then `n_context` frames of context each side. Computed in float64 and
+returned as float32, as TF did; this differs from the torch float32 features by float32 rounding only.
+Log-mels: see `LogMelNumpy`.
 """
 
 from __future__ import annotations
@@ -11,9 +13,14 @@ from __future__ import annotations
 import numpy as np
 
 from dsita.audio import (
+    LOG_MEL_HIGH_HZ,
+    LOG_MEL_LOW_HZ,
+    LOG_MEL_STEP_SAMPLES,
+    LOG_MEL_WINDOW_SAMPLES,
     MEL_HIGH_HZ,
     MEL_LOW_HZ,
     N_CONTEXT,
+    N_LOG_MEL,
     N_MEL,
     N_MFCC,
     SAMPLE_RATE,
@@ -24,10 +31,20 @@ from dsita.audio import (
 FFT_SIZE = 1 << (WINDOW_SAMPLES - 1).bit_length()  # next power of two >= the window: 512
 N_BINS = FFT_SIZE // 2 + 1  # 257
 LOG_FLOOR = 1e-12
+LOG_MEL_FFT_SIZE = 1 << (LOG_MEL_WINDOW_SAMPLES - 1).bit_length()  # 512 for the 400-sample window
+# The power floor before the log: 100 dB below a full-scale sine's peak bin, above 16-bit quantisation noise
+# (about 1e-8 a channel), so digital silence and dither sit at one value instead of stretching the
+# per-utterance statistics.
+LOG_MEL_FLOOR = 1e-6
+NORM_EPSILON = 1e-5  # added to each channel's standard deviation: a constant channel normalises to 0
 
 
 def hz_to_mel(hz: np.ndarray | float) -> np.ndarray:
     return 1127.0 * np.log1p(np.asarray(hz, dtype=np.float64) / 700.0)
+
+
+def mel_to_hz(mel: np.ndarray | float) -> np.ndarray:
+    return 700.0 * np.expm1(np.asarray(mel, dtype=np.float64) / 1127.0)
 
 
 def periodic_hann(size: int = WINDOW_SAMPLES) -> np.ndarray:
@@ -147,3 +164,57 @@ class Featurizer:
         steps = _stack_context(np.concatenate([self._frames, pad]), self.n_context)
         self.reset()
         return steps
+
+
+def log_mel_filterbank_matrix(
+    n_mels: int = N_LOG_MEL,
+    n_fft: int = LOG_MEL_FFT_SIZE,
+    sample_rate: int = SAMPLE_RATE,
+    low_hz: float = LOG_MEL_LOW_HZ,
+    high_hz: float = LOG_MEL_HIGH_HZ,
+) -> np.ndarray:
+    """(n_fft // 2 + 1, n_mels) float64 matrix of triangular filters on the power spectrum.
+
+    Channel k rises from edge k to its peak at edge k + 1 and falls to zero at edge k + 2, the n_mels + 2
+    edges equally spaced on the mel scale between `low_hz` and `high_hz` (HTK's layout, unnormalised).
+    """
+    bin_hz = np.arange(n_fft // 2 + 1) * sample_rate / n_fft
+    edges = mel_to_hz(np.linspace(hz_to_mel(low_hz), hz_to_mel(high_hz), n_mels + 2))
+    lower, peak, upper = edges[:-2], edges[1:-1], edges[2:]
+    rising = (bin_hz[:, None] - lower) / (peak - lower)
+    falling = (upper - bin_hz[:, None]) / (upper - peak)
+    return np.maximum(0.0, np.minimum(rising, falling))
+
+
+def log_mel_frames(n_samples: int) -> int:
+    """Full 400-sample windows every 160 samples: 1 + (n - 400) // 160, never below 0."""
+    return max(0, (n_samples - LOG_MEL_WINDOW_SAMPLES) // LOG_MEL_STEP_SAMPLES + 1)
+
+
+class LogMelNumpy:
+    """Mono 16 kHz samples -> (T, n_mels) float32 normalised log-mels of every full window (the conformer's
+    input, `dsita.model.features.LogMel`).
+
+    Full 400-sample windows every 160, periodic Hann, zero-padded to 512 and FFT'd; the power spectrum through
+    `log_mel_filterbank_matrix`; natural log with a floor; then each channel shifted and scaled to zero mean
+    and unit variance over the utterance. Computed in float64, returned as float32.
+    """
+
+    def __init__(self, n_mels: int = N_LOG_MEL) -> None:
+        self.n_features = n_mels
+        self.window = periodic_hann(LOG_MEL_WINDOW_SAMPLES)
+        self.mel_matrix = log_mel_filterbank_matrix(n_mels)
+
+    def features(self, samples: np.ndarray) -> np.ndarray:
+        samples = np.asarray(samples, dtype=np.float64)
+        if samples.ndim != 1:
+            raise ValueError(f"expected mono samples, got shape {samples.shape}")
+        if log_mel_frames(samples.shape[0]) == 0:
+            return np.zeros((0, self.n_features), dtype=np.float32)
+        windows = np.lib.stride_tricks.sliding_window_view(samples, LOG_MEL_WINDOW_SAMPLES)
+        spectrum = np.fft.rfft(windows[::LOG_MEL_STEP_SAMPLES] * self.window, n=LOG_MEL_FFT_SIZE)
+        power = spectrum.real**2 + spectrum.imag**2
+        log_mel = np.log(np.maximum(power @ self.mel_matrix, LOG_MEL_FLOOR))
+        mean = log_mel.mean(axis=0)
+        std = np.sqrt(np.square(log_mel - mean).mean(axis=0))
+        return ((log_mel - mean) / (std + NORM_EPSILON)).astype(np.float32)

@@ -4,10 +4,11 @@
     model.transcribe("clip.flac").text
     stream = model.stream(); stream.feed(pcm); stream.intermediate().text; stream.finish().text
 
-Audio is cut into segments at pauses (`dsita.vad`); each segment starts from a fresh LSTM state and is
-decoded on its own, and the segments' transcripts are joined. A whole file and the same samples streamed in
-pieces of any size are cut at the same places and give the same transcript. Only one segment (at most
-`max_segment_s`) is held at a time, so memory stays flat on long files.
+Audio is cut into segments at pauses (`dsita.vad`); each segment is run on its own (a DeepSpeech graph from
+a fresh LSTM state, a conformer graph on the whole segment at once) and decoded, and the segments'
+transcripts are joined. A whole file and the same samples streamed in pieces of any size are cut at the same
+places and give the same transcript. Only one segment (at most `max_segment_s`) is held at a time, so memory
+stays flat on long files. Streaming (`stream()`) needs DeepSpeech's recurrent state: a conformer refuses it.
 """
 
 from __future__ import annotations
@@ -23,13 +24,17 @@ import onnxruntime as ort
 from dsita.align import align
 from dsita.audio import iter_audio
 from dsita.errors import DsitaError
-from dsita.features_numpy import Featurizer
+from dsita.features_numpy import Featurizer, LogMelNumpy
 from dsita.lm.beam import BeamSearchDecoder, DecoderOptions
 from dsita.lm.scorer import load_scorer
 from dsita.package import (
     GRAPH_VERSION,
     INPUT,
+    LENGTHS_IN,
+    LENGTHS_OUT,
+    LOG_MEL_FEATURES,
     LOGITS,
+    MFCC_FEATURES,
     STATE_C_IN,
     STATE_C_OUT,
     STATE_H_IN,
@@ -88,9 +93,16 @@ class SpeechModel:
         except Exception as exc:  # onnxruntime's own exception types: corrupt or unsupported graphs
             raise DsitaError(f"{package.source}: cannot load the ONNX model ({exc})") from None
         self.metadata: dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)
+        # The graphs of dsita 0.1 do not name their features: DeepSpeech's MFCCs.
+        self.features = self.metadata.get("features", MFCC_FEATURES)
         self.alphabet = self._check_metadata()
-        self.n_hidden = int({i.name: i for i in self.session.get_inputs()}[STATE_C_IN].shape[-1])
-        self.featurizer = Featurizer()
+        inputs = {i.name: i for i in self.session.get_inputs()}
+        # DeepSpeech's graph carries the LSTM state between chunks; a conformer's runs whole segments.
+        self.streaming = STATE_C_IN in inputs
+        self.n_hidden = int(inputs[STATE_C_IN].shape[-1]) if self.streaming else 0
+        self.featurizer: Featurizer | LogMelNumpy = (
+            LogMelNumpy(int(inputs[INPUT].shape[-1])) if self.features == LOG_MEL_FEATURES else Featurizer()
+        )
         self.decoder = self._decoder()
 
     def _check_metadata(self) -> Alphabet:
@@ -100,8 +112,12 @@ class SpeechModel:
                 f"{source}: model graph version {meta.get('graph_version', 'missing')}, "
                 f"this dsita reads version {GRAPH_VERSION}"
             )
-        for key, value in metadata_props(feature_metadata()).items():
-            if meta.get(key) != value:
+        if self.features not in (MFCC_FEATURES, LOG_MEL_FEATURES):
+            raise DsitaError(
+                f"{source}: model wants {self.features} features, which this dsita does not compute"
+            )
+        for key, value in metadata_props(feature_metadata(self.features)).items():
+            if key != "features" and meta.get(key) != value:
                 raise DsitaError(f"{source}: model wants {key}={meta.get(key)}, dsita computes {key}={value}")
         try:
             alphabet = Alphabet(tuple(json.loads(meta["alphabet"])))
@@ -146,10 +162,22 @@ class SpeechModel:
         logits, c, h = self.session.run([LOGITS, STATE_C_OUT, STATE_H_OUT], feed)
         return logits[0], (c, h)
 
+    def run_segment(self, features: np.ndarray) -> np.ndarray:
+        """(T, n_features) features of one whole segment -> its (T', n_outputs) logits, for a graph without
+        streaming state."""
+        if features.shape[0] == 0:  # the graph's convolutions need at least one frame
+            return np.zeros((0, len(self.alphabet) + 1), dtype=np.float32)
+        feed = {INPUT: features[None], LENGTHS_IN: np.array([features.shape[0]], dtype=np.int64)}
+        logits, lengths = self.session.run([LOGITS, LENGTHS_OUT], feed)
+        return logits[0, : int(lengths[0])]
+
     def transcribe_segment(self, samples: np.ndarray) -> Transcript:
         """One segment, from a fresh state."""
+        features = self.featurizer.features(samples)
+        if not self.streaming:
+            return self.decoder.decode(self.run_segment(features))
         acoustics = SegmentLogits(self)
-        acoustics.push(self.featurizer.features(samples))
+        acoustics.push(features)
         acoustics.close()
         return self.decoder.decode(acoustics.logits())
 
@@ -179,6 +207,12 @@ class SpeechModel:
         return int(self.metadata["sample_rate"])
 
     def stream(self) -> Stream:
+        if not self.streaming:
+            architecture = self.metadata.get("architecture", "this")
+            raise DsitaError(
+                f"{self.package.source}: streaming is a DeepSpeech feature; the {architecture} model attends "
+                "over whole segments: use transcribe()"
+            )
         return Stream(self)
 
 

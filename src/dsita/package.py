@@ -19,6 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from dsita.audio import (
+    LOG_MEL_HIGH_HZ,
+    LOG_MEL_LOW_HZ,
+    LOG_MEL_STEP_MS,
+    LOG_MEL_WINDOW_MS,
     MEL_HIGH_HZ,
     MEL_LOW_HZ,
     N_CONTEXT,
@@ -29,6 +33,7 @@ from dsita.audio import (
     WINDOW_MS,
 )
 from dsita.errors import DsitaError
+from dsita.features_numpy import LOG_MEL_FLOOR
 from dsita.text.alphabet import Alphabet
 
 MODEL_FILE = "model.onnx"
@@ -40,15 +45,35 @@ LANGUAGE = "it-IT"
 MAX_UNPACKED_BYTES = 8 << 30
 
 # Graph inputs and outputs, named as in DeepSpeech's exported graphs. `logits` are unnormalised.
-INPUT = "input_node"  # (batch, time, 494) context-stacked MFCCs
-STATE_C_IN, STATE_H_IN = "previous_state_c", "previous_state_h"  # (batch, n_hidden)
+INPUT = "input_node"  # (batch, time, 494) context-stacked MFCCs, or (batch, time, n_mels) log-mels
+STATE_C_IN, STATE_H_IN = "previous_state_c", "previous_state_h"  # (batch, n_hidden), DeepSpeech only
 LOGITS = "logits"  # (batch, time, n_outputs), the CTC blank last
 STATE_C_OUT, STATE_H_OUT = "new_state_c", "new_state_h"
+# Whole-segment graphs (the conformer) take each item's valid frames and give its valid logit steps.
+LENGTHS_IN, LENGTHS_OUT = "input_lengths", "output_lengths"  # (batch,) int64
+
+# The input features a graph was trained on (metadata key "features").
+MFCC_FEATURES = "context_mfcc"  # DeepSpeech 0.9's
+LOG_MEL_FEATURES = "log_mel"  # the conformer's normalised log-mels; n_mels is the graph input's width
 
 
-def feature_metadata() -> dict[str, int | float]:
-    """The feature parameters this dsita computes; a model made for others is refused."""
+def feature_metadata(features: str = MFCC_FEATURES) -> dict[str, str | int | float]:
+    """The parameters of the features this dsita computes; a model made for others is refused."""
+    if features == LOG_MEL_FEATURES:
+        return {
+            "features": LOG_MEL_FEATURES,
+            "sample_rate": SAMPLE_RATE,
+            "window_ms": LOG_MEL_WINDOW_MS,
+            "step_ms": LOG_MEL_STEP_MS,
+            "mel_low_hz": LOG_MEL_LOW_HZ,
+            "mel_high_hz": LOG_MEL_HIGH_HZ,
+            "log_floor": LOG_MEL_FLOOR,
+            "normalization": "utterance",
+        }
+    if features != MFCC_FEATURES:
+        raise DsitaError(f"unknown input features {features!r} (known: {MFCC_FEATURES}, {LOG_MEL_FEATURES})")
     return {
+        "features": MFCC_FEATURES,
         "sample_rate": SAMPLE_RATE,
         "window_ms": WINDOW_MS,
         "step_ms": STEP_MS,

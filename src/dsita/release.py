@@ -30,14 +30,23 @@ from dsita.fileio import atomic_write, atomic_write_text
 from dsita.lm import scorer as scorer_files
 from dsita.lm.beam import check_alphabet
 from dsita.lm.scorer import Scorer, load_scorer
-from dsita.model.base import count_parameters
+from dsita.model.base import count_parameters, model_config_from_dict
 from dsita.package import (
     ALPHABET_FILE,
     CARD_FILE,
     GRAPH_VERSION,
+    INPUT,
     LANGUAGE,
+    LENGTHS_IN,
+    LENGTHS_OUT,
+    LOG_MEL_FEATURES,
+    LOGITS,
     MODEL_FILE,
     SCORER_DIR,
+    STATE_C_IN,
+    STATE_C_OUT,
+    STATE_H_IN,
+    STATE_H_OUT,
     feature_metadata,
 )
 from dsita.settings import Settings
@@ -92,18 +101,18 @@ def release_metadata(
     train_csvs: Sequence[Path],
     folder: Path,
 ) -> dict[str, object]:
-    config = dict(checkpoint["model_config"])
+    config = model_config_from_dict(checkpoint["model_config"])
     return {
         "model_name": settings.model_name,
         "model_version": settings.model_version,
         "model_author": settings.model_author,
         "model_license": settings.model_license,
         "language": LANGUAGE,
-        "architecture": config["architecture"],
-        "n_hidden": config["n_hidden"],
+        **config.size(),  # the architecture, then its size fields (DeepSpeech: n_hidden)
+        "description": config.describe(),
         "alphabet": list(checkpoint["alphabet"]),
         "graph_version": GRAPH_VERSION,
-        **feature_metadata(),
+        **feature_metadata(config.FEATURES),
         "training_hours": training_hours(train_csvs),
         **evaluation_metrics(folder),
         "lm_alpha": scorer.alpha if scorer else "no scorer",
@@ -130,9 +139,8 @@ def model_card(metadata: dict[str, object], parameters: int) -> str:
 
 # {m["model_name"]} {m["model_version"]}
 
-Italian ({m["language"]}) speech-to-text: a DeepSpeech 0.9 acoustic model ({m["architecture"]},
-{m["n_hidden"]} hidden units, {parameters:,} parameters) trained with dsita {m["dsita_version"]}, by
-{m["model_author"]}, under the {m["model_license"]} licence.
+Italian ({m["language"]}) speech-to-text: {m["description"]} with {parameters:,} parameters,
+trained with dsita {m["dsita_version"]}, by {m["model_author"]}, under the {m["model_license"]} licence.
 
 ## Use
 
@@ -154,12 +162,25 @@ Training data (hours): {m["training_hours"]}.
 
 ## Inputs and outputs
 
-`{MODEL_FILE}` takes `input_node` (batch, time, {(2 * int(m["n_context"]) + 1) * int(m["n_mfcc"])}) MFCC
-features ({m["n_mfcc"]} coefficients, {m["window_ms"]} ms windows every {m["step_ms"]} ms, {m["n_context"]}
-frames of context each side) and the LSTM state `previous_state_c`, `previous_state_h` (batch,
-{m["n_hidden"]}); it returns `logits` (batch, time, {len(m["alphabet"]) + 1}; the CTC blank is last) and
-`new_state_c`, `new_state_h` for the next chunk. Graph version {m["graph_version"]}.
+{_graph_io(m)} Graph version {m["graph_version"]}.
 """
+
+
+def _graph_io(m: dict[str, object]) -> str:
+    """What the graph takes and returns, by its features: DeepSpeech's streaming graph or a segment graph."""
+    outputs = len(m["alphabet"]) + 1
+    if m["features"] == LOG_MEL_FEATURES:
+        return f"""`{MODEL_FILE}` takes `{INPUT}` (batch, time, {m["n_mels"]}) log-mel features ({m["n_mels"]}
+channels, {m["window_ms"]} ms windows every {m["step_ms"]} ms, each channel normalised to zero mean and unit
+variance over the segment, zero past each item's length) and `{LENGTHS_IN}` (batch); it returns `{LOGITS}`
+(batch, steps, {outputs}; one step per 4 frames; the CTC blank is last) and `{LENGTHS_OUT}` (batch). There
+is no streaming state: each call transcribes whole segments."""
+    n_input = (2 * int(m["n_context"]) + 1) * int(m["n_mfcc"])
+    return f"""`{MODEL_FILE}` takes `{INPUT}` (batch, time, {n_input}) MFCC
+features ({m["n_mfcc"]} coefficients, {m["window_ms"]} ms windows every {m["step_ms"]} ms, {m["n_context"]}
+frames of context each side) and the LSTM state `{STATE_C_IN}`, `{STATE_H_IN}` (batch,
+{m["n_hidden"]}); it returns `{LOGITS}` (batch, time, {outputs}; the CTC blank is last) and
+`{STATE_C_OUT}`, `{STATE_H_OUT}` for the next chunk."""
 
 
 def _scorer_files(scorer: Scorer | None) -> dict[str, Path]:

@@ -6,13 +6,14 @@ The object is built once in the CLI and passed down; nothing below reads the env
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from dotenv import dotenv_values
-from pydantic import AliasChoices, BeforeValidator, Field, ValidationError
+from pydantic import AliasChoices, BeforeValidator, Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from dsita.errors import SettingsError
@@ -69,6 +70,25 @@ def _parse_paths(value: Any) -> tuple[Path, ...]:
 
 
 PathList = Annotated[tuple[Path, ...], NoDecode, BeforeValidator(_parse_paths)]
+
+
+def _interval(lowest: float) -> Any:
+    """The type of a `MIN,MAX` setting: two finite numbers with lowest < MIN <= MAX, as a tuple."""
+
+    def parse(value: Any) -> tuple[float, float]:
+        parts = value if isinstance(value, tuple | list) else str(value).split(",")
+        if len(parts) != 2:
+            raise ValueError("wrong number of parts")
+        low, high = float(parts[0]), float(parts[1])
+        if not (math.isfinite(high) and lowest < low <= high):
+            raise ValueError("out of range")
+        return low, high
+
+    return Annotated[tuple[float, float], NoDecode, BeforeValidator(parse)]
+
+
+DecibelRange = _interval(-math.inf)
+SecondsRange = _interval(0.0)
 OptionalPath = Annotated[Path | None, BeforeValidator(lambda value: value or None)]  # empty: not set
 REPO_SAMPLE = Path(__file__).resolve().parents[2] / "samples" / "it-sample.tar.gz"
 
@@ -85,6 +105,17 @@ def _env(name: str, *aliases: str, expect: str, description: str) -> dict[str, A
 POSITIVE_INT = "a positive integer"
 NON_NEGATIVE_INT = "a non-negative integer"
 FLAG = "0 or 1"
+PROBABILITY = "a probability from 0 to 1"
+# AUGMENT=1 gives these to the AUG_* probabilities not set otherwise: common choices in Kaldi and ESPnet
+# recipes (speed perturbation and SpecAugment nearly always, noise and reverberation on part of the data),
+# not values tuned on dsita.
+RECOMMENDED_AUGMENTATION = {
+    "aug_speed": 0.5,
+    "aug_specaugment": 1.0,
+    "aug_noise": 0.5,
+    "aug_gain": 0.5,
+    "aug_reverb": 0.3,
+}
 
 
 class Settings(BaseSettings):
@@ -114,6 +145,43 @@ class Settings(BaseSettings):
         ge=0,
         lt=1,
         **_env("DROPOUT", expect="a number in [0, 1)", description="Dropout rate after each dense layer."),
+    )
+    # The acoustic model (dsita's own): DeepSpeech 0.9 by default, which N_HIDDEN and DROPOUT size; a
+    # conformer takes its size from MODEL_SIZE and the CONFORMER_* overrides, its dropout from the preset.
+    model: Literal["deepspeech", "conformer"] = Field(
+        "deepspeech",
+        **_env("MODEL", expect="deepspeech or conformer", description="Acoustic model architecture."),
+    )
+    model_size: Literal["small", "medium", "tiny"] = Field(
+        "small",
+        **_env(
+            "MODEL_SIZE",
+            expect="small, medium or tiny",
+            description="Conformer size preset (DeepSpeech's size is N_HIDDEN).",
+        ),
+    )
+    conformer_layers: int = Field(
+        0,
+        ge=0,
+        **_env("CONFORMER_LAYERS", expect=NON_NEGATIVE_INT, description="Conformer blocks; 0: MODEL_SIZE's."),
+    )
+    conformer_dim: int = Field(
+        0,
+        ge=0,
+        **_env(
+            "CONFORMER_DIM",
+            expect=NON_NEGATIVE_INT,
+            description="Conformer width, a multiple of twice the heads; 0: MODEL_SIZE's.",
+        ),
+    )
+    conformer_heads: int = Field(
+        0,
+        ge=0,
+        **_env(
+            "CONFORMER_HEADS",
+            expect=NON_NEGATIVE_INT,
+            description="Conformer attention heads; 0: MODEL_SIZE's.",
+        ),
     )
     early_stop: Flag = Field(
         True, **_env("EARLY_STOP", expect=FLAG, description="Stop when the dev loss no longer improves.")
@@ -145,6 +213,83 @@ class Settings(BaseSettings):
         4568,
         ge=0,
         **_env("SEED", expect=NON_NEGATIVE_INT, description="Random seed for shuffling and initialisation."),
+    )
+
+    # Training augmentation (dsita's own; all off by default, so training stays DeepSpeech's).
+    augment: Flag = Field(
+        False,
+        **_env(
+            "AUGMENT",
+            expect=FLAG,
+            description="Turn on the recommended augmentation for every AUG_* probability not set.",
+        ),
+    )
+    aug_speed: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        **_env("AUG_SPEED", expect=PROBABILITY, description="Share of clips played at 0.9x or 1.1x speed."),
+    )
+    aug_specaugment: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        **_env(
+            "AUG_SPECAUGMENT",
+            expect=PROBABILITY,
+            description="Share of clips with SpecAugment time and frequency masks.",
+        ),
+    )
+    aug_noise: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        **_env("AUG_NOISE", expect=PROBABILITY, description="Share of clips with noise added at AUG_SNR_DB."),
+    )
+    aug_gain: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        **_env("AUG_GAIN", expect=PROBABILITY, description="Share of clips with a gain within AUG_GAIN_DB."),
+    )
+    aug_reverb: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        **_env(
+            "AUG_REVERB",
+            expect=PROBABILITY,
+            description="Share of clips with synthetic reverberation (RT60 within AUG_RT60).",
+        ),
+    )
+    aug_noise_dir: OptionalPath = Field(
+        None,
+        **_env(
+            "AUG_NOISE_DIR",
+            expect="a folder path",
+            description="Noise recordings (WAV, FLAC, MP3, OGG) mixed in besides synthetic noise.",
+        ),
+    )
+    aug_snr_db: DecibelRange = Field(
+        (5.0, 30.0),
+        **_env("AUG_SNR_DB", expect="MIN,MAX in dB such as 5,30", description="Range of the noise SNR."),
+    )
+    aug_gain_db: float = Field(
+        6.0,
+        ge=0,
+        **_env(
+            "AUG_GAIN_DB",
+            expect="a non-negative number of dB",
+            description="Largest gain, up or down, that AUG_GAIN applies.",
+        ),
+    )
+    aug_rt60: SecondsRange = Field(
+        (0.1, 0.6),
+        **_env(
+            "AUG_RT60",
+            expect="MIN,MAX in seconds, above 0, such as 0.1,0.6",
+            description="Range of the reverberation time.",
+        ),
     )
 
     # Language model.
@@ -297,6 +442,30 @@ class Settings(BaseSettings):
         **_env("MODEL_LICENSE", expect="a licence identifier", description="Licence of the released model."),
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _recommended_augmentation(cls, data: Any) -> Any:
+        """AUGMENT=1: AUG_* probabilities that no flag, variable or env file sets take recommended values.
+
+        Applied to the values themselves, so `dsita config` and a saved settings.env show what trains.
+        """
+        if not isinstance(data, dict):
+            return data
+        given = next(
+            (data[name] for name in ("augment", *cls.field_env_names("augment")) if name in data), False
+        )
+        try:
+            if not _parse_flag(given):
+                return data
+        except ValueError:
+            return data  # the AUGMENT field reports its bad value
+        unset = {
+            field: prob
+            for field, prob in RECOMMENDED_AUGMENTATION.items()
+            if not any(name in data for name in (field, *cls.field_env_names(field)))
+        }
+        return {**data, **unset}
+
     @classmethod
     def field_env_name(cls, field: str) -> str:
         return cls.model_fields[field].json_schema_extra["env"]  # type: ignore[index]
@@ -322,7 +491,7 @@ class Settings(BaseSettings):
         if value is None:
             return ""
         if isinstance(value, tuple):
-            return ",".join(str(v) for v in value)
+            return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
         if isinstance(value, float):
             return f"{value:g}"
         return str(value)
@@ -365,6 +534,8 @@ def load_settings(
             sources[field] = f"environment ({in_environ[0]})"
         elif in_file:
             sources[field] = f"env file {env_file} ({in_file[0]})"
+        elif field in RECOMMENDED_AUGMENTATION and settings.augment:
+            sources[field] = "AUGMENT=1"
         else:
             sources[field] = "default"
     return settings, sources

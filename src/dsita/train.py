@@ -24,7 +24,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from dsita.audio import SAMPLE_RATE, STEP_MS
+from dsita.audio import SAMPLE_RATE
 from dsita.checkpoint import (
     BEST_DEV,
     LAST,
@@ -35,7 +35,7 @@ from dsita.checkpoint import (
     rotate_epoch_checkpoints,
     save_checkpoint,
 )
-from dsita.data.augment import SpecAugment
+from dsita.data.augment import AugmentOptions, SpecAugment, augment_waveforms, load_noise_bank
 from dsita.data.csvs import Sample
 from dsita.data.dataset import (
     Batch,
@@ -48,7 +48,15 @@ from dsita.data.dataset import (
 )
 from dsita.errors import DsitaError
 from dsita.fileio import atomic_write_text
-from dsita.model.base import AcousticModel, build_model, model_config_to_dict, new_model_config
+from dsita.model.base import (
+    AcousticModel,
+    ModelConfig,
+    build_model,
+    model_config_class,
+    model_config_from_dict,
+    model_config_to_dict,
+    new_model_config,
+)
 from dsita.settings import Settings
 from dsita.text.alphabet import Alphabet
 
@@ -65,8 +73,14 @@ class TrainOptions:
     batch_size: int = 64
     epochs: int = 30
     learning_rate: float = 1e-4
+    # The model's size: the architecture's preset (None: its first), then those of these fields that its
+    # config lets training options set (`ModelConfig.OPTION_FIELDS`); None leaves a field to the preset.
+    model_size: str | None = None
     n_hidden: int = 2048
     dropout: float = 0.4
+    n_layers: int | None = None
+    d_model: int | None = None
+    n_heads: int | None = None
     grad_clip: float = 400.0
     early_stop: bool = True
     es_epochs: int = 10
@@ -82,8 +96,7 @@ class TrainOptions:
     sort_by_size: bool = False
     feature_cache: Path | None = None
     workers: int = 2
-    spec_augment: bool = False
-    speed_perturb: float = 0.0
+    augment: AugmentOptions = dataclasses.field(default_factory=AugmentOptions)  # off, as in DeepSpeech
     max_steps_per_epoch: int | None = None  # FAST_TRAIN caps the work per epoch
     max_train_clips: int | None = None
     max_dev_clips: int | None = None
@@ -92,7 +105,16 @@ class TrainOptions:
 
 
 # FAST_TRAIN=1: a tiny model, a few steps on a few clips; a smoke test of every step in well under a minute.
-FAST_TRAIN_LIMITS = {"n_hidden": 64, "max_steps_per_epoch": 8, "max_train_clips": 64, "max_dev_clips": 16}
+FAST_TRAIN_LIMITS = {
+    "n_hidden": 64,
+    "model_size": "tiny",
+    "n_layers": None,
+    "d_model": None,
+    "n_heads": None,
+    "max_steps_per_epoch": 8,
+    "max_train_clips": 64,
+    "max_dev_clips": 16,
+}
 
 
 def options_from_settings(
@@ -110,8 +132,13 @@ def options_from_settings(
         "batch_size": settings.batch_size,
         "epochs": settings.epochs,
         "learning_rate": settings.learning_rate,
+        "architecture": settings.model,
+        "model_size": settings.model_size,
         "n_hidden": settings.n_hidden,
         "dropout": settings.dropout,
+        "n_layers": settings.conformer_layers or None,
+        "d_model": settings.conformer_dim or None,
+        "n_heads": settings.conformer_heads or None,
         "early_stop": settings.early_stop,
         "es_epochs": settings.es_epochs,
         "max_to_keep": settings.max_to_keep,
@@ -119,11 +146,30 @@ def options_from_settings(
         "amp": settings.amp,
         "seed": settings.seed,
         "drop_source_layers": settings.drop_source_layers,
+        "augment": AugmentOptions(
+            speed=settings.aug_speed,
+            spec_augment=settings.aug_specaugment,
+            noise=settings.aug_noise,
+            gain=settings.aug_gain,
+            reverb=settings.aug_reverb,
+            noise_dir=settings.aug_noise_dir,
+            snr_db=settings.aug_snr_db,
+            gain_db=settings.aug_gain_db,
+            rt60=settings.aug_rt60,
+        ),
         "settings_env": settings.to_env_text(),
     }
     if settings.fast_train:
         fields.update(FAST_TRAIN_LIMITS)
     return TrainOptions(**{**fields, **extra})
+
+
+def model_config(options: TrainOptions, n_outputs: int) -> ModelConfig:
+    """The config of the model `options` train, for `n_outputs` (alphabet + blank)."""
+    settable = model_config_class(options.architecture).OPTION_FIELDS
+    given = {name: getattr(options, name) for name in settable}
+    fields = {name: value for name, value in given.items() if value is not None}
+    return new_model_config(options.architecture, n_outputs, options.model_size, **fields)
 
 
 @dataclass(frozen=True)
@@ -184,10 +230,7 @@ def train(options: TrainOptions, alphabet: Alphabet, distributed: Distributed | 
             state.batch_in_epoch,
         )
     else:
-        config = new_model_config(
-            options.architecture, len(alphabet) + 1, n_hidden=options.n_hidden, dropout=options.dropout
-        )
-        model = build_model(config)
+        model = build_model(model_config(options, len(alphabet) + 1))
         if options.load_checkpoint_dir is not None:
             # Transfer happens only on a fresh start, so a resumed run never re-initialises layers again.
             transfer_weights(
@@ -198,7 +241,15 @@ def train(options: TrainOptions, alphabet: Alphabet, distributed: Distributed | 
     # Data: clips are read lazily by workers; durations come from the CSVs.
     train_samples, dev_samples = _load_splits(options, alphabet)
     cache = FeatureCache(options.feature_cache, model.featurizer) if options.feature_cache else None
-    train_set = SpeechDataset(train_samples, alphabet, cache, options.speed_perturb)
+    augment = options.augment
+    if cache is not None and augment.waveform:
+        raise DsitaError(
+            "noise, gain and reverberation change the audio each epoch and cannot use a feature cache"
+        )
+    noise_bank = None
+    if augment.noise > 0 and augment.noise_dir is not None:
+        noise_bank = load_noise_bank(augment.noise_dir).to(device)  # read once, before the first batch
+    train_set = SpeechDataset(train_samples, alphabet, cache, augment.speed)
     dev_set = SpeechDataset(dev_samples, alphabet, cache)
     train_sampler = BucketBatchSampler(
         [sample_duration(s) for s in train_samples],
@@ -216,7 +267,9 @@ def train(options: TrainOptions, alphabet: Alphabet, distributed: Distributed | 
         distributed.world_size,
         distributed.rank,
     )
-    spec_augment = SpecAugment(model.featurizer.frame_size) if options.spec_augment else None
+    spec_augment = (
+        SpecAugment(model.featurizer.frame_size, prob=augment.spec_augment) if augment.spec_augment else None
+    )
 
     # Optimisation: Adam at the configured rate (never the source checkpoint's), AMP on CUDA only.
     optimizer = torch.optim.Adam(model.parameters(), lr=options.learning_rate)
@@ -279,6 +332,8 @@ def train(options: TrainOptions, alphabet: Alphabet, distributed: Distributed | 
                 if batch_number >= total:
                     break
                 batch = cpu_batch.to(device)
+                waveforms = augment_waveforms(batch.inputs, batch.input_lengths, augment, noise_bank)
+                batch = dataclasses.replace(batch, inputs=waveforms)
                 with torch.autocast(
                     device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
                 ):
@@ -302,7 +357,7 @@ def train(options: TrainOptions, alphabet: Alphabet, distributed: Distributed | 
                     loss_batches += 1
                 state.step += 1
                 state.batch_in_epoch += 1
-                audio_seconds += float(batch.input_lengths.sum()) / _input_rate(batch)
+                audio_seconds += float(batch.input_lengths.sum()) / _input_rate(batch, model)
                 speed = audio_seconds * distributed.world_size / max(time.monotonic() - epoch_start, 1e-9)
                 progress.update(task, advance=1, loss=loss_sum / max(loss_batches, 1), speed=speed)
                 if time.monotonic() - last_save >= options.checkpoint_secs:
@@ -371,14 +426,20 @@ def transfer_weights(model: AcousticModel, source_path: Path, drop_layers: int) 
     Kept layers must match in shape; a mismatch (e.g. another alphabet size with nothing dropped) is an error.
     """
     source = load_checkpoint(source_path)
+    source_architecture = model_config_from_dict(source["model_config"]).ARCHITECTURE
+    if source_architecture != model.config.ARCHITECTURE:
+        raise DsitaError(
+            f"{source_path}: a {source_architecture} checkpoint cannot start a {model.config.ARCHITECTURE} "
+            "model: transfer learning needs a checkpoint of the same architecture (MODEL)"
+        )
     order = model.transfer_layers
     if drop_layers > len(order):
         raise DsitaError(f"DROP_SOURCE_LAYERS must be at most {len(order)} for this model, got {drop_layers}")
-    dropped = set(order[len(order) - drop_layers :])
+    dropped = order[len(order) - drop_layers :]
     own = model.state_dict()
     mismatches = []
     for key, value in source["model"].items():
-        if key.split(".")[0] in dropped or key not in own:
+        if key.startswith(tuple(f"{layer}." for layer in dropped)) or key not in own:
             continue
         if own[key].shape != value.shape:
             mismatches.append(f"{key}: source {tuple(value.shape)}, model {tuple(own[key].shape)}")
@@ -388,9 +449,7 @@ def transfer_weights(model: AcousticModel, source_path: Path, drop_layers: int) 
             f"{source_path}: cannot transfer with DROP_SOURCE_LAYERS={drop_layers}: " + "; ".join(mismatches)
         )
     model.load_state_dict(own)
-    log.info(
-        "Transferred weights from %s; re-initialised: %s", source_path, ", ".join(sorted(dropped)) or "none"
-    )
+    log.info("Transferred weights from %s; re-initialised: %s", source_path, ", ".join(dropped) or "none")
 
 
 def dataset_loss(
@@ -432,9 +491,9 @@ def _features(model: AcousticModel, batch: Batch) -> tuple[torch.Tensor, torch.T
     return model.featurizer(batch.inputs, batch.input_lengths)
 
 
-def _input_rate(batch: Batch) -> float:
-    """Input units per second of audio: samples, or 20 ms feature frames."""
-    return 1000.0 / STEP_MS if batch.are_features else float(SAMPLE_RATE)
+def _input_rate(batch: Batch, model: AcousticModel) -> float:
+    """Input units per second of audio: samples, or the featurizer's frames."""
+    return SAMPLE_RATE / model.featurizer.step_samples if batch.are_features else float(SAMPLE_RATE)
 
 
 def _all_finite(loss: torch.Tensor, distributed: Distributed) -> bool:

@@ -59,17 +59,31 @@ def synth_command(
     text: Annotated[list[Path] | None, typer.Option("--text", help="Sentence file (repeatable).")] = None,
     max_words: Annotated[int, typer.Option("--max-words", help="Longest sentence kept, in words.")] = 14,
     workers: Annotated[int, typer.Option("--workers", help="Parallel synthesis processes.")] = 2,
+    engines: Annotated[
+        str, typer.Option("--engines", help="Comma-separated engines: espeak-ng, festival.")
+    ] = "espeak-ng,festival",
+    shared_speakers: Annotated[
+        bool, typer.Option("--shared-speakers", help="Same voices in every split (sentences stay disjoint).")
+    ] = False,
 ) -> None:
     """Speak Italian text with espeak-ng and festival into a Common Voice-format it.tar.gz.
 
     Sentences come from the --text files, or by default from fortunes-it and dsita's extra sentences.
-    The archive goes to --out, by default DATA_DIR/sources/it.tar.gz.
+    The archive goes to --out, by default DATA_DIR/sources/it.tar.gz. By default the splits share no voice;
+    --shared-speakers tests unseen sentences in voices heard in training.
     """
     from dsita.data.sentences import default_sentences, read_text_files
     from dsita.data.synth import SynthOptions, synthesize_corpus
 
     out_path = out_path or settings_from(ctx).data_dir / "sources" / "it.tar.gz"
-    options = SynthOptions(n_clips=clips, seed=seed, max_words=max_words, workers=workers)
+    options = SynthOptions(
+        n_clips=clips,
+        seed=seed,
+        max_words=max_words,
+        workers=workers,
+        engines=tuple(e.strip() for e in engines.split(",") if e.strip()),
+        shared_speakers=shared_speakers,
+    )
     report = synthesize_corpus(read_text_files(text) if text else default_sentences(), out_path, options)
     table = Table("split", "clips", "speakers", "engines", "hours")
     for split, s in report.splits.items():

@@ -27,7 +27,8 @@ from dsita.fileio import atomic_write
 from dsita.text.alphabet import Alphabet
 
 WAV_HEADER_BYTES = 44
-SPEED_FACTORS = (0.9, 1.0, 1.1)
+# Kaldi's three speeds: 1.0 is the share of clips that speed perturbation leaves alone (1 - its probability).
+SPEED_FACTORS = (0.9, 1.1)
 
 
 def load_samples(csv_paths: Sequence[str | Path], alphabet: Alphabet) -> list[Sample]:

@@ -9,21 +9,26 @@ from dsita.model.base import (
     architectures,
     build_model,
     count_parameters,
+    model_config_class,
     model_config_from_dict,
     model_config_to_dict,
     new_model_config,
     register_architecture,
 )
+from dsita.model.conformer import Conformer, ConformerConfig
 from dsita.model.deepspeech import DeepSpeech, DeepSpeechConfig, clipped_relu
-from dsita.model.features import ContextMfcc, Mfcc, context_windows, n_frames
+from dsita.model.features import ContextMfcc, LogMel, Mfcc, context_windows, n_frames
 
 __all__ = [
     "AcousticModel",
     "AcousticOutput",
+    "Conformer",
+    "ConformerConfig",
     "ContextMfcc",
     "DeepSpeech",
     "DeepSpeechConfig",
     "Featurizer",
+    "LogMel",
     "Mfcc",
     "ModelConfig",
     "State",
@@ -32,6 +37,7 @@ __all__ = [
     "clipped_relu",
     "context_windows",
     "count_parameters",
+    "model_config_class",
     "model_config_from_dict",
     "model_config_to_dict",
     "n_frames",

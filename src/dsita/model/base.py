@@ -30,6 +30,15 @@ class ModelConfig:
     """
 
     ARCHITECTURE: ClassVar[str] = ""
+    # The input features, as `dsita.package` names them for the exported graph's metadata.
+    FEATURES: ClassVar[str] = ""
+    # Named sizes (MODEL_SIZE): field values, the first preset being the default. An architecture without
+    # presets (DeepSpeech) is sized by its option fields alone.
+    PRESETS: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
+    # The fields training options may set (N_HIDDEN, CONFORMER_DIM, ...); the others keep the preset's value.
+    OPTION_FIELDS: ClassVar[tuple[str, ...]] = ()
+    # The fields that make the model what it is, as a resumed run must match and the model card reports.
+    SIZE_FIELDS: ClassVar[tuple[str, ...]] = ()
 
     n_outputs: int
 
@@ -40,6 +49,15 @@ class ModelConfig:
     @property
     def blank(self) -> int:
         return self.n_outputs - 1
+
+    def size(self) -> dict[str, Any]:
+        """The architecture and its size fields: equal for two configs whose models can share a run."""
+        return {"architecture": self.ARCHITECTURE, **{name: getattr(self, name) for name in self.SIZE_FIELDS}}
+
+    def describe(self) -> str:
+        """The model in a few words, for the model card."""
+        sizes = ", ".join(f"{name} {getattr(self, name)}" for name in self.SIZE_FIELDS)
+        return f"a {self.ARCHITECTURE} acoustic model ({sizes})"
 
 
 class AcousticOutput(NamedTuple):
@@ -55,6 +73,7 @@ class Featurizer(nn.Module, ABC):
     # Values per underlying frame: n_features, or less when each step stacks context frames (DeepSpeech's
     # 19 frames of 26 MFCCs). SpecAugment masks whole frames and coefficients with it.
     frame_size: int
+    step_samples: int  # samples between consecutive feature frames
 
     @abstractmethod
     def frame_lengths(self, sample_lengths: Tensor) -> Tensor:
@@ -72,9 +91,10 @@ class AcousticModel(nn.Module, ABC):
     """Features in, per-step logits over the alphabet + blank out, with streaming state."""
 
     config_class: ClassVar[type[ModelConfig]]
-    # Top-level submodules that transfer learning may re-initialise, input side first: DeepSpeech's
-    # `--drop_source_layers N` re-initialises the last N.
-    transfer_layers: ClassVar[tuple[str, ...]]
+    # Submodule names (`layer_6`, `blocks.3`) that transfer learning may re-initialise, input side first:
+    # DeepSpeech's `--drop_source_layers N` re-initialises the last N. A class attribute, or set per instance
+    # when the count depends on the config.
+    transfer_layers: tuple[str, ...]
     featurizer: Featurizer
 
     def __init__(self, config: ModelConfig) -> None:
@@ -132,6 +152,11 @@ def architectures() -> tuple[str, ...]:
     return tuple(sorted(_ARCHITECTURES))
 
 
+def model_config_class(name: str) -> type[ModelConfig]:
+    """The config class of a registered architecture."""
+    return _model_class(name).config_class
+
+
 def _model_class(name: str) -> type[AcousticModel]:
     try:
         return _ARCHITECTURES[name]
@@ -145,9 +170,19 @@ def build_model(config: ModelConfig) -> AcousticModel:
     return _model_class(config.ARCHITECTURE)(config)
 
 
-def new_model_config(architecture: str, n_outputs: int, **fields: Any) -> ModelConfig:
-    """The named architecture's config with `n_outputs` (alphabet + blank) and any of its fields set."""
-    return model_config_from_dict({"architecture": architecture, "n_outputs": n_outputs, **fields})
+def new_model_config(
+    architecture: str, n_outputs: int, preset: str | None = None, **fields: Any
+) -> ModelConfig:
+    """The named architecture's config with `n_outputs` (alphabet + blank): its preset's values (None: the
+    first preset), then `fields`. `preset` is ignored by an architecture without presets."""
+    presets = model_config_class(architecture).PRESETS
+    values: Mapping[str, Any] = {}
+    if presets:
+        name = preset if preset is not None else next(iter(presets))
+        if name not in presets:
+            raise DsitaError(f"unknown {architecture} size {name!r} (known: {', '.join(presets)})")
+        values = presets[name]
+    return model_config_from_dict({"architecture": architecture, "n_outputs": n_outputs, **values, **fields})
 
 
 def model_config_to_dict(config: ModelConfig) -> dict[str, Any]:

@@ -25,11 +25,15 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from dsita.audio import N_CONTEXT, N_MFCC
 from dsita.model.base import AcousticModel, AcousticOutput, ModelConfig, State, register_architecture
 from dsita.model.features import ContextMfcc
+from dsita.package import MFCC_FEATURES
 
 
 @dataclass(frozen=True)
 class DeepSpeechConfig(ModelConfig):
     ARCHITECTURE: ClassVar[str] = "deepspeech"
+    FEATURES: ClassVar[str] = MFCC_FEATURES
+    OPTION_FIELDS: ClassVar[tuple[str, ...]] = ("n_hidden", "dropout")
+    SIZE_FIELDS: ClassVar[tuple[str, ...]] = ("n_hidden",)
 
     n_hidden: int = 2048
     dropout: float = 0.05  # DeepSpeech's --dropout_rate default; the training recipe passes its own
@@ -51,6 +55,9 @@ class DeepSpeechConfig(ModelConfig):
     @property
     def n_input(self) -> int:
         return (2 * self.n_context + 1) * self.n_mfcc
+
+    def describe(self) -> str:
+        return f"a DeepSpeech 0.9 acoustic model ({self.n_hidden} hidden units)"
 
 
 def clipped_relu(x: Tensor, clip: float) -> Tensor:

@@ -1,4 +1,7 @@
-"""DeepSpeech 0.9 input features in plain torch: TF's spectrogram and MFCC ops, then context windows.
+"""Model input features in plain torch: DeepSpeech 0.9's MFCCs with context windows, and the conformer's
+log-mels (`LogMel`, documented there).
+
+DeepSpeech 0.9: TF's spectrogram and MFCC ops, then context windows.
 
 Pipeline per 16 kHz waveform (DeepSpeech's `samples_to_mfccs`):
   1. frames of 512 samples every 320 (only full windows), times a *periodic* Hann window (TF's
@@ -26,8 +29,27 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dsita.audio import N_CONTEXT, N_MFCC, STEP_SAMPLES, WINDOW_SAMPLES
-from dsita.features_numpy import FFT_SIZE, LOG_FLOOR, N_BINS, dct_matrix, mel_filterbank_matrix, periodic_hann
+from dsita.audio import (
+    LOG_MEL_STEP_SAMPLES,
+    LOG_MEL_WINDOW_SAMPLES,
+    N_CONTEXT,
+    N_LOG_MEL,
+    N_MFCC,
+    STEP_SAMPLES,
+    WINDOW_SAMPLES,
+)
+from dsita.features_numpy import (
+    FFT_SIZE,
+    LOG_FLOOR,
+    LOG_MEL_FFT_SIZE,
+    LOG_MEL_FLOOR,
+    N_BINS,
+    NORM_EPSILON,
+    dct_matrix,
+    log_mel_filterbank_matrix,
+    mel_filterbank_matrix,
+    periodic_hann,
+)
 from dsita.model.base import Featurizer
 
 
@@ -114,6 +136,7 @@ class ContextMfcc(Featurizer):
         self.n_context = n_context
         self.n_features = (2 * n_context + 1) * n_mfcc
         self.frame_size = n_mfcc
+        self.step_samples = STEP_SAMPLES
 
     def frame_lengths(self, sample_lengths: Tensor) -> Tensor:
         return n_frames(sample_lengths)
@@ -121,3 +144,56 @@ class ContextMfcc(Featurizer):
     def forward(self, waveforms: Tensor, lengths: Tensor | None = None) -> tuple[Tensor, Tensor]:
         mfcc, frame_lengths = self.mfcc(waveforms, lengths)
         return context_windows(mfcc, self.n_context), frame_lengths
+
+
+class LogMel(Featurizer):
+    """(B, samples) waveforms + (B,) lengths -> (B, T, n_mels) normalised log-mels + (B,) frame counts.
+
+    Full 400-sample (25 ms) windows every 160 samples (10 ms), periodic Hann, zero-padded to 512, power
+    spectrum, `n_mels` triangular mel filters from 0 to 8 kHz, natural log with a floor, then per-utterance
+    mean and variance normalisation of each channel over the item's own frames. Frames past an item's count
+    are 0 (the normalised mean), so padding changes neither an item's statistics nor its features.
+
+    The spectrum and log run in float64 whatever the input: in float32, FFT rounding in the quietest bins of
+    a loud frame reaches 2e-3 after the log (6e-4 after normalisation on the sample corpus), where in float64
+    these features equal `LogMelNumpy`'s (inference) to 1e-6. It costs little next to the conformer itself.
+    The result is float32 (float64 for float64 input).
+    """
+
+    def __init__(self, n_mels: int = N_LOG_MEL) -> None:
+        super().__init__()
+        self.n_features = self.frame_size = n_mels
+        self.step_samples = LOG_MEL_STEP_SAMPLES
+        # float64 and not persistent, as Mfcc's.
+        window, mel_matrix = periodic_hann(LOG_MEL_WINDOW_SAMPLES), log_mel_filterbank_matrix(n_mels)
+        self.register_buffer("window", torch.from_numpy(window), persistent=False)
+        self.register_buffer("mel_matrix", torch.from_numpy(mel_matrix), persistent=False)
+
+    def frame_lengths(self, sample_lengths: Tensor) -> Tensor:
+        return ((sample_lengths - LOG_MEL_WINDOW_SAMPLES) // LOG_MEL_STEP_SAMPLES + 1).clamp_min(0)
+
+    def forward(self, waveforms: Tensor, lengths: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        with torch.autocast(waveforms.device.type, enabled=False):
+            return self._log_mel(waveforms, lengths)
+
+    def _log_mel(self, waveforms: Tensor, lengths: Tensor | None) -> tuple[Tensor, Tensor]:
+        if waveforms.dim() != 2:
+            raise ValueError(f"expected (batch, samples) waveforms, got shape {tuple(waveforms.shape)}")
+        batch, samples = waveforms.shape
+        if lengths is None:
+            lengths = torch.full((batch,), samples, dtype=torch.long, device=waveforms.device)
+        frame_lengths = self.frame_lengths(lengths.to(device=waveforms.device, dtype=torch.long))
+        out_dtype = _compute_dtype(waveforms)
+        if samples < LOG_MEL_WINDOW_SAMPLES:
+            return waveforms.new_zeros(batch, 0, self.n_features, dtype=out_dtype), frame_lengths
+        # .double() on the matrices too: a model cast with .half() or .to(dtype) casts its buffers.
+        frames = waveforms.double().unfold(1, LOG_MEL_WINDOW_SAMPLES, LOG_MEL_STEP_SAMPLES)
+        spectrum = torch.fft.rfft(frames * self.window.double(), n=LOG_MEL_FFT_SIZE)
+        power = spectrum.real.square() + spectrum.imag.square()
+        log_mel = (power @ self.mel_matrix.double()).clamp_min(LOG_MEL_FLOOR).log()
+        valid = (torch.arange(log_mel.shape[1], device=log_mel.device) < frame_lengths[:, None]).unsqueeze(-1)
+        count = frame_lengths.clamp_min(1).view(-1, 1, 1)
+        mean = (log_mel * valid).sum(1, keepdim=True) / count
+        centred = (log_mel - mean) * valid
+        std = (centred.square().sum(1, keepdim=True) / count).sqrt()
+        return (centred / (std + NORM_EPSILON)).to(out_dtype), frame_lengths

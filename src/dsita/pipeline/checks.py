@@ -98,7 +98,11 @@ def run_checks(
                 "first (ONLY_EXPORT=0), or unpack a checkpoint_it.tar.xz there"
             ) from None
     if "train" in pending and settings.transfer_learning and not settings.only_export:
-        report["transfer_from"] = str(transfer_folder(settings))
+        from dsita.convert import check_transfer_source
+
+        source = transfer_folder(settings)
+        check_transfer_source(source, settings.model)
+        report["transfer_from"] = str(source)
         log.info("Transfer learning from %s", report["transfer_from"])
     if "lm" in pending:
         from dsita.lm.build import TOOLS, kenlm_tool
@@ -159,16 +163,16 @@ def _check_disk(settings: Settings, layout: Layout, pending: frozenset[str]) -> 
 
 
 def _parameter_count(settings: Settings) -> int:
-    """The size of the model this run trains, built on the meta device (no memory, no time)."""
+    """The size of the model this run trains, built on the meta device (no memory, no time). An invalid
+    model size (CONFORMER_DIM against CONFORMER_HEADS) stops the run here, before anything is written."""
     import torch
 
-    from dsita.model.base import build_model, count_parameters, new_model_config
+    from dsita.model.base import build_model, count_parameters
     from dsita.text.alphabet import Alphabet
-    from dsita.train import FAST_TRAIN_LIMITS
+    from dsita.train import model_config, options_from_settings
 
-    n_hidden = int(FAST_TRAIN_LIMITS["n_hidden"]) if settings.fast_train else settings.n_hidden
+    options = options_from_settings(settings, (), (), Path())  # no data or folder needed for the size
+    config = model_config(options, len(Alphabet.for_settings(settings)) + 1)
     with torch.device("meta"):
-        model = build_model(
-            new_model_config("deepspeech", len(Alphabet.for_settings(settings)) + 1, n_hidden=n_hidden)
-        )
+        model = build_model(config)
     return count_parameters(model)

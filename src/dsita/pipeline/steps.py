@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dsita.errors import DsitaError
 from dsita.pipeline.checks import find_source, run_checks, transfer_folder
@@ -24,17 +24,23 @@ from dsita.pipeline.publish import (
     release_products,
 )
 from dsita.pipeline.summary import render_text
-from dsita.settings import Settings
 from dsita.text.alphabet import Alphabet
+
+if TYPE_CHECKING:
+    from dsita.model.base import ModelConfig
+    from dsita.train import TrainOptions
 
 log = logging.getLogger(__name__)
 
 # FAST_TRAIN's language model: the default corpus with a small vocabulary and a small sorting buffer.
 FAST_LM_TOP_K = 10_000
 FAST_LM_MEMORY = "10%"
+# AUGMENT is left out: it only fills in AUG_* values, and those are what training uses.
 TRAIN_SETTINGS = (
     "batch_size", "epochs", "learning_rate", "n_hidden", "dropout", "early_stop", "es_epochs", "max_to_keep",
-    "amp", "seed", "transfer_learning", "drop_source_layers", "fast_train",
+    "amp", "seed", "transfer_learning", "drop_source_layers", "fast_train", "aug_speed", "aug_specaugment",
+    "aug_noise", "aug_gain", "aug_reverb", "aug_noise_dir", "aug_snr_db", "aug_gain_db", "aug_rt60",
+    "model", "model_size", "conformer_layers", "conformer_dim", "conformer_heads",
 )  # fmt: skip
 METADATA_SETTINGS = ("model_name", "model_author", "model_version", "model_license")
 
@@ -152,7 +158,7 @@ def _transfer_inputs(ctx: Context) -> list[Any]:
 def train_model(ctx: Context) -> Report:
     from dsita.checkpoint import LAST
     from dsita.convert import ensure_dsita_checkpoint
-    from dsita.train import options_from_settings, train
+    from dsita.train import model_config, options_from_settings, train
 
     options = options_from_settings(
         ctx.settings,
@@ -164,16 +170,20 @@ def train_model(ctx: Context) -> Report:
     for csv in (*options.train_csvs, *options.dev_csvs):
         if not csv.is_file():
             raise DsitaError(f"{csv} not found: the import step writes it (dsita run --steps import)")
+    n_outputs = len(ctx.alphabet()) + 1
+    wanted = model_config(options, n_outputs)
     resuming = (ctx.layout.checkpoints / LAST).is_file()
     if resuming and ctx.distributed.is_main:
-        _check_resumable(ctx.layout.checkpoints / LAST, options.n_hidden, options.epochs, ctx.settings)
+        _check_resumable(ctx.layout.checkpoints / LAST, wanted, options, n_outputs)
     transfer = None
     if ctx.settings.transfer_learning and resuming:
         log.info("Resuming this run's own training: TRANSFER_LEARNING applies to a fresh start only")
     elif ctx.settings.transfer_learning:
         # A DeepSpeech TensorFlow checkpoint is converted (each rank writes the same file, atomically).
         source = transfer_folder(ctx.settings)
-        transfer = ensure_dsita_checkpoint(source, ctx.layout.converted_transfer, options.n_hidden)
+        transfer = ensure_dsita_checkpoint(
+            source, ctx.layout.converted_transfer, options.n_hidden, architecture=options.architecture
+        )
         options = replace(options, load_checkpoint_dir=transfer)
     result = train(options, ctx.alphabet(), ctx.distributed)
     return {
@@ -181,30 +191,41 @@ def train_model(ctx: Context) -> Report:
         "epochs": result.epochs_completed,
         "best_dev_loss": round(result.best_dev_loss, 4),
         "stopped_early": result.stopped_early,
-        "n_hidden": options.n_hidden,
+        **wanted.size(),  # the architecture and its size fields (DeepSpeech: n_hidden)
         "transfer_from": str(transfer) if transfer else None,
     }
 
 
-def _check_resumable(last: Path, n_hidden: int, epochs: int, settings: Settings) -> None:
-    """A run in checkpoints/ resumes as it was built: refuse one of another size, not ignore N_HIDDEN; and
-    say so when it has nothing left to do (new data or settings do not restart a finished run)."""
+def _check_resumable(last: Path, wanted: ModelConfig, options: TrainOptions, n_outputs: int) -> None:
+    """A run in checkpoints/ resumes as it was built: refuse one of another architecture or size rather than
+    ignore MODEL or N_HIDDEN; and say so when it has nothing left to do (new data or settings do not restart
+    a finished run)."""
     from dsita.checkpoint import load_checkpoint
+    from dsita.model.base import model_config_from_dict
+    from dsita.train import FAST_TRAIN_LIMITS, model_config
 
     saved = load_checkpoint(last)
-    size = int(saved["model_config"]["n_hidden"])
-    if size != n_hidden:
-        fast = " (FAST_TRAIN=1 trains N_HIDDEN=64)" if settings.fast_train or size == 64 else ""
+    size = model_config_from_dict(saved["model_config"]).size()
+    if size != wanted.size():
+        fast_size = model_config(replace(options, **FAST_TRAIN_LIMITS), n_outputs).size()
+        fast = " (FAST_TRAIN=1 trains a tiny model)" if fast_size in (size, wanted.size()) else ""
         raise DsitaError(
-            f"{last.parent} holds a run with N_HIDDEN={size}, but this run trains N_HIDDEN={n_hidden}"
-            f"{fast}: move {last.parent} away to start a new training run, or keep that run's settings"
+            f"{last.parent} holds a run of {_describe_size(size)}, but this run trains "
+            f"{_describe_size(wanted.size())}{fast}: move {last.parent} away to start a new training run, "
+            "or keep that run's settings"
         )
-    if saved["train_state"]["epoch"] >= epochs:
+    if saved["train_state"]["epoch"] >= options.epochs:
         log.warning(
             "%s holds a run that finished its %d epochs: nothing more to train. Raise EPOCHS to train it "
             "longer, or move %s away to train again from scratch",
             *(last.parent, saved["train_state"]["epoch"], last.parent),
         )
+
+
+def _describe_size(size: dict[str, Any]) -> str:
+    """`deepspeech with n_hidden=64`, from `ModelConfig.size()`."""
+    fields = ", ".join(f"{name}={value}" for name, value in size.items() if name != "architecture")
+    return f"{size['architecture']} with {fields}"
 
 
 def _checkpoint_products(ctx: Context) -> list[Path]:
