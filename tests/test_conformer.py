@@ -53,7 +53,8 @@ from dsita.settings import Settings
 from dsita.text.alphabet import Alphabet
 from dsita.train import Distributed, TrainOptions, model_config, options_from_settings, train
 from dsita.transcript import Transcript
-from dsita.vad import Segmenter, VadOptions
+from dsita.vad import VadOptions
+from dsita.vad import segments as vad_segments
 
 REPO = Path(__file__).resolve().parents[1]
 ITALIAN = Alphabet.italian()
@@ -428,13 +429,7 @@ def test_long_audio_is_cut_in_pauses_and_streaming_is_refused(release: Path, tes
     speech = load_package(release / RELEASE_ZIP, InferenceOptions(use_lm=False, vad=vad))
     silence = np.zeros(SAMPLE_RATE, dtype=np.float32)
     audio = np.concatenate([piece for clip in test_clips[:8] for piece in (load_audio(clip), silence)])
-    segmenter, segments, pieces = Segmenter(vad), [], []
-    for piece, ends in segmenter.split(audio):
-        pieces.append(piece)
-        if ends:
-            segments.append(np.concatenate(pieces))
-            pieces = []
-    segments.append(np.concatenate([*pieces, segmenter.flush()]))
+    segments = list(vad_segments([audio], vad))
     assert len(segments) >= 4
     offsets = np.r_[0, np.cumsum([s.size for s in segments])[:-1]] / SAMPLE_RATE
     expected = Transcript.join(

@@ -13,8 +13,17 @@ from hypothesis import strategies as st
 
 from dsita.data.augment import SpecAugment
 from dsita.data.csvs import Sample, write_csv
-from dsita.data.dataset import BucketBatchSampler, Item, SpeechDataset, collate, load_samples, speed_perturb
+from dsita.data.dataset import (
+    BucketBatchSampler,
+    FeatureCache,
+    Item,
+    SpeechDataset,
+    collate,
+    load_samples,
+    speed_perturb,
+)
 from dsita.errors import DsitaError
+from dsita.model import build_model, new_model_config
 from dsita.text.alphabet import Alphabet
 
 
@@ -139,3 +148,12 @@ def test_spec_augment_frequency_mask_hides_the_same_coefficients_in_every_frame(
         assert int(zero[0].sum()) <= 2
         masked_any |= bool(zero.any())
     assert masked_any
+
+
+def test_feature_cache_leaves_the_model_featurizer_alone(tmp_path: Path) -> None:
+    # The cache computes on a CPU copy; changing the model's own featurizer (its device or mode) would
+    # split a GPU model across devices.
+    model = build_model(new_model_config("deepspeech", 39, n_hidden=16))
+    model.train()
+    cache = FeatureCache(tmp_path / "cache", model.featurizer)
+    assert cache.featurizer is not model.featurizer and model.featurizer.training

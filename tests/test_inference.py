@@ -24,6 +24,7 @@ from dsita.model.features import ContextMfcc
 from dsita.release import RELEASE_ZIP
 from dsita.transcript import GreedyDecoder, Transcript
 from dsita.vad import FRAME, Segmenter, VadOptions
+from dsita.vad import segments as vad_segments
 
 GREEDY = InferenceOptions(use_lm=False)
 
@@ -192,13 +193,7 @@ def test_long_audio_is_cut_in_the_pauses_and_stitched(
     vad = VadOptions(min_pause_s=0.6, min_segment_s=1.0, relax_after_s=6.0, max_segment_s=8.0)
     model = SpeechModel(greedy_model.package, InferenceOptions(use_lm=False, vad=vad))
 
-    segmenter, segments, pieces = Segmenter(vad), [], []
-    for piece, ends in segmenter.split(audio):
-        pieces.append(piece)
-        if ends:
-            segments.append(np.concatenate(pieces))
-            pieces = []
-    segments.append(np.concatenate([*pieces, segmenter.flush()]))
+    segments = list(vad_segments([audio], vad))
     cuts = np.cumsum([s.size for s in segments])[:-1]
     # Every cut falls in a pause between two clips, so no word is cut in two.
     assert len(cuts) >= 4

@@ -20,14 +20,13 @@ import numpy as np
 import pytest
 import torch
 
-from dsita.checkpoint import BEST_DEV, load_checkpoint, load_model
+from dsita.checkpoint import BEST_DEV, load_checkpoint, load_model, transfer_weights
 from dsita.convert import LSTM_SCOPE, convert_deepspeech_checkpoint, ensure_dsita_checkpoint, expected_shapes
 from dsita.crc32c import crc32c, mask
 from dsita.errors import DsitaError
 from dsita.model.base import build_model, count_parameters, new_model_config
 from dsita.text.alphabet import Alphabet
 from dsita.tf_checkpoint import open_tf_checkpoint
-from dsita.train import transfer_weights
 
 FIXTURE = Path(__file__).parent / "fixtures" / "tf_checkpoint"
 PREFIX = "best_dev-1"

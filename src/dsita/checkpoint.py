@@ -6,6 +6,7 @@ checkpoint can never run code. A checkpoint rebuilds its own model (as whisper's
 
 from __future__ import annotations
 
+import logging
 import pickle
 import re
 from pathlib import Path
@@ -17,6 +18,8 @@ from dsita.errors import DsitaError
 from dsita.fileio import atomic_write
 from dsita.model.base import AcousticModel, build_model, model_config_from_dict
 from dsita.text.alphabet import Alphabet
+
+log = logging.getLogger("dsita.train")
 
 FORMAT_VERSION = 1
 BEST_DEV = "best_dev.pt"
@@ -72,3 +75,35 @@ def rotate_epoch_checkpoints(folder: Path, keep: int) -> None:
     epochs = sorted((int(m.group(1)), p) for p in folder.iterdir() if (m := EPOCH_PATTERN.match(p.name)))
     for _, path in epochs[:-keep]:
         path.unlink()
+
+
+def transfer_weights(model: AcousticModel, source_path: Path, drop_layers: int) -> None:
+    """Load another run's weights, re-initialising the last `drop_layers` of the model's transfer layers.
+
+    Kept layers must match in shape; a mismatch (e.g. another alphabet size with nothing dropped) is an error.
+    """
+    source = load_checkpoint(source_path)
+    source_architecture = model_config_from_dict(source["model_config"]).ARCHITECTURE
+    if source_architecture != model.config.ARCHITECTURE:
+        raise DsitaError(
+            f"{source_path}: a {source_architecture} checkpoint cannot start a {model.config.ARCHITECTURE} "
+            "model: transfer learning needs a checkpoint of the same architecture (MODEL)"
+        )
+    order = model.transfer_layers
+    if drop_layers > len(order):
+        raise DsitaError(f"DROP_SOURCE_LAYERS must be at most {len(order)} for this model, got {drop_layers}")
+    dropped = order[len(order) - drop_layers :]
+    own = model.state_dict()
+    mismatches = []
+    for key, value in source["model"].items():
+        if key.startswith(tuple(f"{layer}." for layer in dropped)) or key not in own:
+            continue
+        if own[key].shape != value.shape:
+            mismatches.append(f"{key}: source {tuple(value.shape)}, model {tuple(own[key].shape)}")
+        own[key] = value
+    if mismatches:
+        raise DsitaError(
+            f"{source_path}: cannot transfer with DROP_SOURCE_LAYERS={drop_layers}: " + "; ".join(mismatches)
+        )
+    model.load_state_dict(own)
+    log.info("Transferred weights from %s; re-initialised: %s", source_path, ", ".join(dropped) or "none")

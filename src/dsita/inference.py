@@ -46,7 +46,7 @@ from dsita.package import (
 )
 from dsita.text.alphabet import Alphabet
 from dsita.transcript import Decoder, GreedyDecoder, Transcript
-from dsita.vad import Segmenter, VadOptions
+from dsita.vad import Segmenter, VadOptions, segments
 
 State = tuple[np.ndarray, np.ndarray]  # (c, h), each (1, n_hidden)
 CHUNK_STEPS = 16  # DeepSpeech's n_steps: the model always runs on this many steps at a time
@@ -188,19 +188,10 @@ class SpeechModel:
         return Transcript.join(self._segments(blocks))
 
     def _segments(self, blocks: Iterable[np.ndarray]) -> Iterable[Transcript]:
-        segmenter = Segmenter(self.options.vad)
-        pieces: list[np.ndarray] = []
         offset = 0
-        for block in blocks:
-            for piece, ends in segmenter.split(block):
-                pieces.append(piece)
-                if ends:
-                    segment = np.concatenate(pieces)
-                    yield self.transcribe_segment(segment).shifted(offset / self.sample_rate)
-                    offset += segment.size
-                    pieces = []
-        segment = np.concatenate([*pieces, segmenter.flush()])
-        yield self.transcribe_segment(segment).shifted(offset / self.sample_rate)
+        for segment in segments(blocks, self.options.vad):
+            yield self.transcribe_segment(segment).shifted(offset / self.sample_rate)
+            offset += segment.size
 
     @property
     def sample_rate(self) -> int:

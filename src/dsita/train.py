@@ -20,7 +20,6 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
@@ -34,6 +33,7 @@ from dsita.checkpoint import (
     resolve_checkpoint,
     rotate_epoch_checkpoints,
     save_checkpoint,
+    transfer_weights,
 )
 from dsita.data.augment import AugmentOptions, SpecAugment, augment_waveforms, load_noise_bank
 from dsita.data.csvs import Sample
@@ -53,9 +53,17 @@ from dsita.model.base import (
     ModelConfig,
     build_model,
     model_config_class,
-    model_config_from_dict,
     model_config_to_dict,
     new_model_config,
+)
+from dsita.runtime import (
+    Distributed,
+    autocast_dtype,
+    device_for,
+    progress_bar,
+    restore_rng,
+    rng_state,
+    tensorboard_writer,
 )
 from dsita.settings import Settings
 from dsita.text.alphabet import Alphabet
@@ -192,20 +200,9 @@ class TrainState:
     epochs_without_improvement: int = 0
 
 
-@dataclass(frozen=True)
-class Distributed:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
 def train(options: TrainOptions, alphabet: Alphabet, distributed: Distributed | None = None) -> TrainResult:
     distributed = distributed or Distributed()
-    device = _device(distributed)
+    device = device_for(distributed)
     if distributed.world_size > 1 and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend, rank=distributed.rank, world_size=distributed.world_size)
@@ -276,13 +273,13 @@ def train(options: TrainOptions, alphabet: Alphabet, distributed: Distributed | 
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, factor=options.plateau_factor, patience=options.plateau_epochs - 1
     )
-    amp_dtype = _amp_dtype(options.amp, device)
+    amp_dtype = autocast_dtype(options.amp, device)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     if resume is not None:
         optimizer.load_state_dict(resume["optimizer"])
         scheduler.load_state_dict(resume["scheduler"])
         scaler.load_state_dict(resume["scaler"])
-        _restore_rng(resume["rng"])
+        restore_rng(resume["rng"])
     trained = (
         DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
         if distributed.world_size > 1
@@ -300,14 +297,14 @@ def train(options: TrainOptions, alphabet: Alphabet, distributed: Distributed | 
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "scaler": scaler.state_dict(),
-            "rng": _rng_state(),
+            "rng": rng_state(),
             "train_state": dataclasses.asdict(state),
             "settings_env": options.settings_env,
         }
 
     stopped_early = False
     metrics_path = checkpoint_dir / "metrics.jsonl"
-    board = _tensorboard(checkpoint_dir) if distributed.is_main else None
+    board = tensorboard_writer(checkpoint_dir) if distributed.is_main else None
     while state.epoch < options.epochs:
         epoch_start = time.monotonic()
         train_sampler.set_epoch(state.epoch, state.batch_in_epoch)
@@ -324,7 +321,7 @@ def train(options: TrainOptions, alphabet: Alphabet, distributed: Distributed | 
         total = len(train_sampler)
         if options.max_steps_per_epoch is not None:
             total = min(total, max(options.max_steps_per_epoch - state.batch_in_epoch, 0))
-        with _progress(options.show_progress and distributed.is_main) as progress:
+        with progress_bar(options.show_progress and distributed.is_main) as progress:
             task = progress.add_task(
                 f"epoch {state.epoch + 1}/{options.epochs}", total=total, loss=math.nan, speed=0
             )
@@ -420,38 +417,6 @@ def train(options: TrainOptions, alphabet: Alphabet, distributed: Distributed | 
     return TrainResult(checkpoint_dir / BEST_DEV, state.best_dev_loss, state.epoch, stopped_early, model)
 
 
-def transfer_weights(model: AcousticModel, source_path: Path, drop_layers: int) -> None:
-    """Load another run's weights, re-initialising the last `drop_layers` of the model's transfer layers.
-
-    Kept layers must match in shape; a mismatch (e.g. another alphabet size with nothing dropped) is an error.
-    """
-    source = load_checkpoint(source_path)
-    source_architecture = model_config_from_dict(source["model_config"]).ARCHITECTURE
-    if source_architecture != model.config.ARCHITECTURE:
-        raise DsitaError(
-            f"{source_path}: a {source_architecture} checkpoint cannot start a {model.config.ARCHITECTURE} "
-            "model: transfer learning needs a checkpoint of the same architecture (MODEL)"
-        )
-    order = model.transfer_layers
-    if drop_layers > len(order):
-        raise DsitaError(f"DROP_SOURCE_LAYERS must be at most {len(order)} for this model, got {drop_layers}")
-    dropped = order[len(order) - drop_layers :]
-    own = model.state_dict()
-    mismatches = []
-    for key, value in source["model"].items():
-        if key.startswith(tuple(f"{layer}." for layer in dropped)) or key not in own:
-            continue
-        if own[key].shape != value.shape:
-            mismatches.append(f"{key}: source {tuple(value.shape)}, model {tuple(own[key].shape)}")
-        own[key] = value
-    if mismatches:
-        raise DsitaError(
-            f"{source_path}: cannot transfer with DROP_SOURCE_LAYERS={drop_layers}: " + "; ".join(mismatches)
-        )
-    model.load_state_dict(own)
-    log.info("Transferred weights from %s; re-initialised: %s", source_path, ", ".join(dropped) or "none")
-
-
 def dataset_loss(
     model: AcousticModel,
     dataset: SpeechDataset,
@@ -510,53 +475,3 @@ def _load_splits(options: TrainOptions, alphabet: Alphabet) -> tuple[list[Sample
     if not train_samples or not dev_samples:
         raise DsitaError("training needs at least one train clip and one dev clip")
     return train_samples, dev_samples
-
-
-def _device(distributed: Distributed) -> torch.device:
-    if torch.cuda.is_available():
-        torch.cuda.set_device(distributed.local_rank)
-        return torch.device("cuda", distributed.local_rank)
-    return torch.device("cpu")
-
-
-def _amp_dtype(amp: bool, device: torch.device) -> torch.dtype | None:
-    if not amp:
-        return None
-    if device.type != "cuda":
-        log.warning("AMP=1 is ignored on the CPU; training in float32")
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-
-
-def _rng_state() -> dict[str, Any]:
-    state: dict[str, Any] = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _restore_rng(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _tensorboard(folder: Path) -> Any:
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:  # tensorboard is optional
-        return None
-    return SummaryWriter(str(folder / "tensorboard"))
-
-
-def _progress(enabled: bool) -> Progress:
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total}"),
-        TextColumn("loss {task.fields[loss]:.2f}"),
-        TextColumn("{task.fields[speed]:.0f} audio-s/s"),
-        TimeRemainingColumn(),
-        disable=not enabled,
-        transient=False,
-    )

@@ -10,6 +10,7 @@ they were fed, so a streamed file and the whole file are cut at the same places.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -99,3 +100,16 @@ class Segmenter:
         if self._quiet_run >= self._min_pause:
             return True
         return self._frames >= self._relax_frames and level < self._peak - options.relaxed_db
+
+
+def segments(blocks: Iterable[np.ndarray], options: VadOptions = VadOptions()) -> Iterator[np.ndarray]:
+    """The whole segments of a stream of sample blocks, in order; together they hold every sample once."""
+    segmenter = Segmenter(options)
+    pieces: list[np.ndarray] = []
+    for block in blocks:
+        for piece, ends in segmenter.split(block):
+            pieces.append(piece)
+            if ends:
+                yield np.concatenate(pieces)
+                pieces = []
+    yield np.concatenate([*pieces, segmenter.flush()])

@@ -7,6 +7,7 @@ workers load (or compute once and store) them; the batch says which it carries.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import math
 from collections.abc import Iterator, Sequence
@@ -96,7 +97,8 @@ class FeatureCache:
     def __init__(self, folder: str | Path, featurizer: torch.nn.Module) -> None:
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
-        self.featurizer = featurizer.cpu().eval()
+        # A CPU copy: moving the model's own featurizer would split a GPU model across two devices.
+        self.featurizer = copy.deepcopy(featurizer).cpu().eval()
         self.identity = (
             f"{type(featurizer).__module__}.{type(featurizer).__qualname__}:{featurizer.n_features}"
         )
