@@ -12,13 +12,15 @@ Data (leave one engine out): `dsita synth` speaks disjoint sentence sets into tw
 - festival.tar.gz: both festival voices only, every split used as a test set: a voice family the models
   never heard, standing in for unseen speakers.
 The LM is `dsita lm build`'s default corpus (fortunes-it + extra sentences) minus every dev and test
-sentence; alpha/beta are tuned per model on the espeak dev split, then both test sets are decoded.
+sentence; alpha/beta are tuned per model (--trials on the first --tune-clips espeak dev clips), then both
+test sets are decoded, and the espeak test also lexicon-free (words outside the LM vocabulary allowed).
 
 Budget: each row trains for --minutes of its own CPU time on one thread (torch on 1 thread, no loader
-workers, so loading, augmentation and dev loss all count). With --parallel 2 two rows run side by side on
-a 2-core machine, each on its own core, so CPU time and wall-clock time agree. Training runs in chunks of
---chunk-steps batches with a dev loss after each; a chunk starts only if it should end within the budget.
-DeepSpeech's N_HIDDEN is chosen so that its parameter count is closest to the conformer preset's.
+workers, so loading, augmentation and dev loss all count), so rows can run side by side (--parallel) on a
+small machine without changing what each one gets. Training runs in chunks of --chunk-steps batches with a
+dev loss after each; the last chunk is shortened to end within the budget. The spent budget is saved per
+chunk, so a killed row resumes. DeepSpeech's N_HIDDEN is chosen so that its parameter count is closest to
+the conformer preset's.
 """
 
 from __future__ import annotations
@@ -54,13 +56,18 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--chunk-steps", type=int, default=100)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--lr-deepspeech", type=float, default=5e-4)
-    parser.add_argument("--lr-conformer", type=float, default=1e-3)
+    parser.add_argument("--lr-conformer", type=float, default=3e-4)
     parser.add_argument("--size", default="small", help="conformer preset")
-    parser.add_argument("--trials", type=int, default=40, help="alpha/beta trials per row")
+    parser.add_argument("--trials", type=int, default=12, help="alpha/beta trials per row")
+    parser.add_argument(
+        "--tune-clips", type=int, default=200, help="espeak dev clips alpha/beta are tuned on"
+    )
     parser.add_argument("--parallel", type=int, default=2)
     parser.add_argument("--rows", default="deepspeech:off,conformer:off,deepspeech:on,conformer:on")
     parser.add_argument("--prepare", action="store_true")
-    parser.add_argument("--row")
+    parser.add_argument("--row", help="train and evaluate one row")
+    parser.add_argument("--evaluate", action="store_true", help="evaluate the trained --rows again")
+    parser.add_argument("--evaluate-row", help="evaluate one trained row")
     parser.add_argument("--table", action="store_true")
     return parser.parse_args()
 
@@ -148,15 +155,9 @@ def matched_n_hidden(target_parameters: int, n_outputs: int) -> int:
 def run_row(args: argparse.Namespace, row: str) -> None:
     import torch
 
-    from dsita.checkpoint import BEST_DEV, load_model
-    from dsita.data.dataset import load_samples
-    from dsita.decode import BatchDecoder
-    from dsita.evaluate import evaluate_greedy, evaluate_logits, model_logits
-    from dsita.lm.optimize import OptimizeOptions, optimize
-    from dsita.lm.scorer import load_scorer
     from dsita.model import build_model, count_parameters, new_model_config
     from dsita.text.alphabet import Alphabet
-    from dsita.train import TrainOptions, train
+    from dsita.train import TrainOptions, model_config, train
 
     torch.set_num_threads(1)
     model_name, augment = row.split(":")
@@ -187,41 +188,80 @@ def run_row(args: argparse.Namespace, row: str) -> None:
         max_dev_clips=300,
         show_progress=False,
     )
+    # CPU time spent so far, kept per chunk so that a killed row resumes with its budget.
+    spent_path = row_dir / "budget.json"
+    spent = {"cpu_seconds": 0.0, "wall_seconds": 0.0, "chunks": 0, "last_chunk_seconds": 0.0}
+    if spent_path.exists():
+        spent = json.loads(spent_path.read_text())
     budget = args.minutes * 60
-    cpu_used, last_chunk, chunk, wall_start = 0.0, 0.0, 0, time.monotonic()
-    while cpu_used + last_chunk <= budget:
-        chunk += 1
-        start = time.process_time()
-        train(replace(options, epochs=chunk), alphabet)
-        last_chunk = time.process_time() - start
-        cpu_used += last_chunk
-        print(f"{row}: chunk {chunk}, {cpu_used / 60:.1f} CPU min", flush=True)
-    wall = time.monotonic() - wall_start
+    while True:
+        remaining, last = budget - spent["cpu_seconds"], spent["last_chunk_seconds"]
+        # The last chunk is cut short to end within the budget rather than skipped.
+        steps = int(args.chunk_steps * min(1.0, remaining / last)) if last > 0 else args.chunk_steps
+        if remaining <= 0 or steps < 10:
+            break
+        start, wall_start = time.process_time(), time.monotonic()
+        train(replace(options, epochs=spent["chunks"] + 1, max_steps_per_epoch=steps), alphabet)
+        spent["last_chunk_seconds"] = time.process_time() - start
+        spent["cpu_seconds"] += spent["last_chunk_seconds"]
+        spent["wall_seconds"] += time.monotonic() - wall_start
+        spent["chunks"] += 1
+        spent_path.write_text(json.dumps(spent) + "\n", encoding="utf-8")
+        print(
+            f"{row}: chunk {spent['chunks']} ({steps} steps), {spent['cpu_seconds'] / 60:.1f} CPU min",
+            flush=True,
+        )
 
     metrics = [
         json.loads(line) for line in (options.checkpoint_dir / "metrics.jsonl").read_text().splitlines()
     ]
     audio_seconds = sum(m["audio_seconds_per_second"] * m["seconds"] for m in metrics)
-    model, _ = load_model(options.checkpoint_dir / BEST_DEV)
-    device = torch.device("cpu")
-    result: dict = {
+    training = {
         "row": row,
-        "parameters": count_parameters(model),
+        "parameters": count_parameters(build_model(model_config(options, n_outputs))),
         "n_hidden": n_hidden if model_name == "deepspeech" else None,
-        "cpu_minutes": cpu_used / 60,
-        "wall_minutes": wall / 60,
-        "chunks": chunk,
+        "cpu_minutes": spent["cpu_seconds"] / 60,
+        "wall_minutes": spent["wall_seconds"] / 60,
+        "chunks": spent["chunks"],
         "steps": metrics[-1]["step"],
         "audio_seconds_per_second": audio_seconds / sum(m["seconds"] for m in metrics),
         "best_dev_loss": min(m["dev_loss"] for m in metrics),
         "augment": {k: str(v) for k, v in asdict(options.augment).items()},
         "curve": [(m["step"], m["dev_loss"]) for m in metrics],
-        "tests": {},
     }
+    (row_dir / "training.json").write_text(json.dumps(training, indent=2) + "\n", encoding="utf-8")
+
+
+def evaluate_row(args: argparse.Namespace, row: str) -> None:
+    """Tune alpha/beta on the espeak dev split, then decode both test sets: greedy, with the LM (lexicon),
+    and for the espeak test also lexicon-free (words outside the LM vocabulary allowed, beam 100)."""
+    import torch
+
+    from dsita.checkpoint import BEST_DEV, load_model
+    from dsita.data.dataset import load_samples
+    from dsita.decode import BatchDecoder
+    from dsita.evaluate import evaluate_greedy, evaluate_logits, model_logits
+    from dsita.lm.beam import DecoderOptions
+    from dsita.lm.optimize import OptimizeOptions, optimize
+    from dsita.lm.scorer import load_scorer
+    from dsita.text.alphabet import Alphabet
+
+    torch.set_num_threads(1)
+    work: Path = args.work
+    row_dir = work / "rows" / row.replace(":", "-")
+    training_path = row_dir / "training.json"
+    if not training_path.exists():  # rows trained before training.json existed kept it in result.json
+        training_path = row_dir / "result.json"
+    result = {
+        k: v for k, v in json.loads(training_path.read_text()).items() if k not in ("tests", "alpha", "beta")
+    }
+    alphabet = Alphabet.italian()
+    model, _ = load_model(row_dir / "checkpoints" / BEST_DEV)
+    device = torch.device("cpu")
     scorer_dir = row_dir / "scorer"
     shutil.rmtree(scorer_dir, ignore_errors=True)
     shutil.copytree(work / "scorer", scorer_dir)
-    dev = load_samples([work / "espeak" / "dev.csv"], alphabet)
+    dev = load_samples([work / "espeak" / "dev.csv"], alphabet)[: args.tune_clips]
     tuned = optimize(
         load_scorer(scorer_dir),
         dev,
@@ -231,11 +271,13 @@ def run_row(args: argparse.Namespace, row: str) -> None:
         key=row.replace(":", "-"),
     )
     result["alpha"], result["beta"] = tuned.alpha, tuned.beta
+    result["tests"] = {}
     with BatchDecoder(alphabet, tuned.scorer, workers=1) as decoder:
         for name, csvs in test_sets(work).items():
             samples = load_samples(csvs, alphabet)
+            logits = model_logits(model, samples, alphabet, device)
             greedy = evaluate_greedy(model, samples, alphabet, device)
-            with_lm = evaluate_logits(samples, model_logits(model, samples, alphabet, device), decoder)
+            with_lm = evaluate_logits(samples, logits, decoder)
             result["tests"][name] = {
                 "clips": len(samples),
                 "greedy_cer": greedy.cer,
@@ -243,20 +285,26 @@ def run_row(args: argparse.Namespace, row: str) -> None:
                 "lm_cer": with_lm.cer,
                 "lm_wer": with_lm.wer,
             }
+            if name == "espeak":
+                free = evaluate_logits(
+                    samples, logits, decoder, DecoderOptions(beam_width=100, lexicon_free=True)
+                )
+                result["tests"][name] |= {"lm_free_cer": free.cer, "lm_free_wer": free.wer}
     (row_dir / "result.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     print(json.dumps(result["tests"]), flush=True)
 
 
 # ---------------------------------------------------------------------------------------------- driver
-def run_rows(args: argparse.Namespace, rows: list[str]) -> None:
-    """Run rows as separate one-thread processes, `args.parallel` at a time."""
+def run_rows(args: argparse.Namespace, rows: list[str], mode: str = "--row") -> None:
+    """Train and evaluate (`--row`) or evaluate only (`--evaluate-row`) rows as separate one-thread
+    processes, `args.parallel` at a time."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     pending, running = list(rows), []
     while pending or running:
         while pending and len(running) < args.parallel:
             row = pending.pop(0)
-            log = (args.work / "rows" / f"{row.replace(':', '-')}.log").open("w")
-            command = [sys.executable, __file__, "--row", row, *forward_args(args)]
+            log = (args.work / "rows" / f"{row.replace(':', '-')}{mode}.log").open("w")
+            command = [sys.executable, __file__, mode, row, *forward_args(args)]
             running.append((row, subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)))
         time.sleep(5)
         for row, process in list(running):
@@ -270,15 +318,29 @@ def forward_args(args: argparse.Namespace) -> list[str]:
         "--work", str(args.work), "--minutes", str(args.minutes), "--chunk-steps", str(args.chunk_steps),
         "--batch", str(args.batch), "--lr-deepspeech", str(args.lr_deepspeech),
         "--lr-conformer", str(args.lr_conformer), "--size", args.size, "--trials", str(args.trials),
+        "--tune-clips", str(args.tune_clips),
     ]  # fmt: skip
+
+
+def print_oov(work: Path) -> None:
+    """Share of test words outside the LM's vocabulary: a floor under the lexicon decoder's WER."""
+    from dsita.data.csvs import read_csv
+    from dsita.lm.scorer import load_scorer
+
+    vocabulary = set(load_scorer(work / "scorer").vocabulary())
+    for name, csvs in test_sets(work).items():
+        words = [w for csv in csvs for sample in read_csv(csv) for w in sample.transcript.split()]
+        oov = sum(w not in vocabulary for w in words) / len(words)
+        print(f"{name} test: {oov:.1%} of words out of the LM vocabulary")
 
 
 def print_table(work: Path, rows: list[str]) -> None:
     header = "| model | augmentation | parameters | audio-s/s | steps |"
     for name in TEST_SETS:
         header += f" {name} greedy CER / WER | {name} LM CER / WER |"
+    header += " espeak LM lexicon-free CER / WER |"
     print(header)
-    print("|" + "---|" * (5 + 2 * len(TEST_SETS)))
+    print("|" + "---|" * (6 + 2 * len(TEST_SETS)))
     for row in rows:
         path = work / "rows" / row.replace(":", "-") / "result.json"
         if not path.exists():
@@ -293,6 +355,10 @@ def print_table(work: Path, rows: list[str]) -> None:
             line += (
                 f" {t['greedy_cer']:.1%} / {t['greedy_wer']:.1%} | {t['lm_cer']:.1%} / {t['lm_wer']:.1%} |"
             )
+        free = r["tests"]["espeak"]
+        line += (
+            f" {free['lm_free_cer']:.1%} / {free['lm_free_wer']:.1%} |" if "lm_free_cer" in free else " - |"
+        )
         print(line)
 
 
@@ -301,9 +367,19 @@ def main() -> None:
     rows = args.rows.split(",")
     if args.row:
         run_row(args, args.row)
+        evaluate_row(args, args.row)
+        return
+    if args.evaluate_row:
+        evaluate_row(args, args.evaluate_row)
+        return
+    if args.evaluate:
+        run_rows(args, rows, "--evaluate-row")
+        print_table(args.work, rows)
+        print_oov(args.work)
         return
     if args.table:
         print_table(args.work, rows)
+        print_oov(args.work)
         return
     prepare(args)
     if args.prepare:
@@ -311,6 +387,7 @@ def main() -> None:
     (args.work / "rows").mkdir(parents=True, exist_ok=True)
     run_rows(args, rows)
     print_table(args.work, rows)
+    print_oov(args.work)
 
 
 if __name__ == "__main__":
