@@ -335,7 +335,7 @@ def print_oov(work: Path) -> None:
 
 
 def print_table(work: Path, rows: list[str]) -> None:
-    header = "| model | augmentation | parameters | audio-s/s | steps |"
+    header = "| model | augmentation | parameters | audio-s per CPU-s | steps |"
     for name in TEST_SETS:
         header += f" {name} greedy CER / WER | {name} LM CER / WER |"
     header += " espeak LM lexicon-free CER / WER |"
@@ -348,7 +348,13 @@ def print_table(work: Path, rows: list[str]) -> None:
             continue
         r = json.loads(path.read_text())
         model, augment = row.split(":")
-        speed = r["audio_seconds_per_second"]
+        # Audio seconds trained per CPU second (dev loss included): unlike wall-clock speed, this does not
+        # depend on what else shared the machine.
+        metrics = (work / "rows" / row.replace(":", "-") / "checkpoints" / "metrics.jsonl").read_text()
+        audio = sum(
+            m["audio_seconds_per_second"] * m["seconds"] for m in map(json.loads, metrics.splitlines())
+        )
+        speed = audio / (r["cpu_minutes"] * 60)
         line = f"| {model} | {augment} | {r['parameters'] / 1e6:.2f} M | {speed:.1f} | {r['steps']} |"
         for name in TEST_SETS:
             t = r["tests"][name]
