@@ -9,8 +9,6 @@ import os
 import socket
 import subprocess
 import sys
-import tarfile
-import zipfile
 from pathlib import Path
 from typing import get_args
 
@@ -47,7 +45,7 @@ from dsita.model import (
     model_config_to_dict,
     new_model_config,
 )
-from dsita.package import INPUT, LENGTHS_IN, feature_metadata
+from dsita.package import INPUT, LENGTHS_IN, feature_metadata, open_package
 from dsita.release import RELEASE_FP32, RELEASE_ZIP, make_release
 from dsita.settings import Settings
 from dsita.text.alphabet import Alphabet
@@ -362,19 +360,9 @@ def test_two_gloo_ranks_end_with_identical_weights(sample_corpus: Path, tmp_path
 # --- export and inference ----------------------------------------------------------------------------------
 
 
-def unpack(release: Path, tmp_path: Path) -> tuple[Path, Path]:
-    """The int8 and fp32 model.onnx of a release."""
-    with zipfile.ZipFile(release / RELEASE_ZIP) as zf:
-        zf.extract("model.onnx", tmp_path / "int8")
-    with tarfile.open(release / RELEASE_FP32) as tf:
-        tf.extract("model.onnx", tmp_path / "fp32", filter="data")
-    return tmp_path / "int8" / "model.onnx", tmp_path / "fp32" / "model.onnx"
-
-
-def test_fp32_graph_matches_torch_with_dynamic_batch_and_time(
-    release: Path, writer: Path, tmp_path: Path
-) -> None:
-    _, fp32 = unpack(release, tmp_path)
+def test_fp32_graph_matches_torch_with_dynamic_batch_and_time(release: Path, writer: Path) -> None:
+    fp32_package = open_package(release / RELEASE_FP32)  # unpacked while it is referenced
+    fp32 = fp32_package.model_path
     graph_proto = onnx.load(fp32)
     dims = [
         [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in graph_proto.graph.input
@@ -392,8 +380,9 @@ def test_fp32_graph_matches_torch_with_dynamic_batch_and_time(
         assert parity_error(graph, fp32, batch, steps) < 1e-4
 
 
-def test_int8_graph_runs_close_to_fp32(release: Path, tmp_path: Path, test_clips: list[Path]) -> None:
-    int8, fp32 = unpack(release, tmp_path)
+def test_int8_graph_runs_close_to_fp32(release: Path, test_clips: list[Path]) -> None:
+    int8_package, fp32_package = open_package(release / RELEASE_ZIP), open_package(release / RELEASE_FP32)
+    int8, fp32 = int8_package.model_path, fp32_package.model_path
     graph = onnx.load(int8).graph
     weights = {i.name for i in graph.initializer}
     matmuls = [node for node in graph.node if node.op_type in ("MatMul", "MatMulInteger")]
