@@ -39,8 +39,6 @@ from pathlib import Path
 from dsita.data.augment import AugmentOptions
 
 WORK = Path("data/quality-v2")
-MODELS = ("deepspeech", "conformer")
-AUGMENT = ("off", "on")
 TEST_SETS = ("espeak", "festival")
 
 
