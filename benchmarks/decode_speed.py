@@ -36,15 +36,15 @@ import numpy as np
 import torch
 
 from dsita.audio import SAMPLE_RATE, load_audio
-from dsita.checkpoint import load_model
+from dsita.data.clips import ImportOptions
 from dsita.data.commonvoice import import_common_voice
-from dsita.data.convert import ImportOptions
 from dsita.data.csvs import read_csv
-from dsita.decode import greedy_decode
-from dsita.lm.beam import BeamSearchDecoder, DecoderOptions, log_softmax
+from dsita.decoding.batch import greedy_decode
+from dsita.decoding.beam import BeamSearchDecoder, DecoderOptions, log_softmax
 from dsita.lm.build import LmBuildOptions, build_scorer
 from dsita.lm.corpus import evaluation_sentences
 from dsita.text.alphabet import Alphabet
+from dsita.training.checkpoint import load_trained_model
 
 REPO = Path(__file__).resolve().parents[1]
 SECONDS = 5.0
@@ -89,7 +89,7 @@ def utterances(corpus: Path, count: int) -> tuple[list[np.ndarray], list[str]]:
 
 
 def logits_of(checkpoint: Path, audio: list[np.ndarray]) -> list[np.ndarray]:
-    model, _ = load_model(checkpoint)
+    model, _ = load_trained_model(checkpoint)
     batch = torch.from_numpy(np.stack(audio))
     with torch.no_grad():
         features, lengths = model.featurizer(batch, torch.full((len(audio),), batch.shape[1]))

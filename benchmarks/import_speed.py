@@ -32,8 +32,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from dsita.data.clips import ImportOptions
 from dsita.data.commonvoice import import_common_voice
-from dsita.data.convert import ImportOptions
 from dsita.text.alphabet import Alphabet
 
 RATE = 48000

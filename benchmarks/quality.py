@@ -72,8 +72,8 @@ def parse_args() -> argparse.Namespace:
 
 # ---------------------------------------------------------------------------------------------- data + LM
 def prepare(args: argparse.Namespace) -> None:
+    from dsita.data.clips import ImportOptions
     from dsita.data.commonvoice import import_common_voice
-    from dsita.data.convert import ImportOptions
     from dsita.data.sentences import default_sentences, prepare_sentences
     from dsita.data.synth import ESPEAK, FESTIVAL, SynthOptions, synthesize_corpus
     from dsita.lm.build import LmBuildOptions, build_scorer
@@ -132,7 +132,7 @@ def test_sets(work: Path) -> dict[str, list[Path]]:
 def augment_options(on: bool) -> AugmentOptions:
     """Nothing, or exactly what `AUGMENT=1` gives a user (the recommended probabilities and ranges)."""
     from dsita.settings import load_settings
-    from dsita.train import options_from_settings
+    from dsita.training.loop import options_from_settings
 
     if not on:
         return AugmentOptions()
@@ -155,7 +155,7 @@ def run_row(args: argparse.Namespace, row: str) -> None:
 
     from dsita.model import build_model, count_parameters, new_model_config
     from dsita.text.alphabet import Alphabet
-    from dsita.train import TrainOptions, model_config, train
+    from dsita.training.loop import TrainOptions, model_config, train
 
     torch.set_num_threads(1)
     model_name, augment = row.split(":")
@@ -235,14 +235,14 @@ def evaluate_row(args: argparse.Namespace, row: str) -> None:
     and for the espeak test also lexicon-free (words outside the LM vocabulary allowed, beam 100)."""
     import torch
 
-    from dsita.checkpoint import BEST_DEV, load_model
     from dsita.data.dataset import load_samples
-    from dsita.decode import BatchDecoder
-    from dsita.evaluate import evaluate_greedy, evaluate_logits, model_logits
-    from dsita.lm.beam import DecoderOptions
-    from dsita.lm.optimize import OptimizeOptions, optimize
+    from dsita.decoding.batch import BatchDecoder
+    from dsita.decoding.beam import DecoderOptions
+    from dsita.evaluation.evaluate import evaluate_greedy, evaluate_logits, model_logits
+    from dsita.evaluation.tune import OptimizeOptions, optimize
     from dsita.lm.scorer import load_scorer
     from dsita.text.alphabet import Alphabet
+    from dsita.training.checkpoint import BEST_DEV, load_trained_model
 
     torch.set_num_threads(1)
     work: Path = args.work
@@ -254,7 +254,7 @@ def evaluate_row(args: argparse.Namespace, row: str) -> None:
         k: v for k, v in json.loads(training_path.read_text()).items() if k not in ("tests", "alpha", "beta")
     }
     alphabet = Alphabet.italian()
-    model, _ = load_model(row_dir / "checkpoints" / BEST_DEV)
+    model, _ = load_trained_model(row_dir / "checkpoints" / BEST_DEV)
     device = torch.device("cpu")
     scorer_dir = row_dir / "scorer"
     shutil.rmtree(scorer_dir, ignore_errors=True)

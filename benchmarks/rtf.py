@@ -27,19 +27,19 @@ import numpy as np
 import torch
 
 from dsita.audio import SAMPLE_RATE, load_audio
-from dsita.checkpoint import load_checkpoint
+from dsita.data.clips import ImportOptions
 from dsita.data.commonvoice import import_common_voice
-from dsita.data.convert import ImportOptions
 from dsita.data.csvs import read_csv
-from dsita.export import export_fp32, quantize_int8
-from dsita.inference import InferenceOptions, SpeechModel, load_model
+from dsita.export.onnx import export_fp32, quantize_int8
+from dsita.export.release import release_metadata
+from dsita.inference.model import InferenceOptions, SpeechModel, load_model
+from dsita.inference.package import ALPHABET_FILE, MODEL_FILE, SCORER_DIR
 from dsita.lm.build import LmBuildOptions, build_scorer
 from dsita.lm.corpus import evaluation_sentences
 from dsita.model.base import build_model, model_config_to_dict, new_model_config
-from dsita.package import ALPHABET_FILE, MODEL_FILE, SCORER_DIR
-from dsita.release import release_metadata
 from dsita.settings import Settings
 from dsita.text.alphabet import Alphabet
+from dsita.training.checkpoint import load_checkpoint
 from train_speed import FRAMES_PER_SECOND, macs_per_frame  # benchmarks/ is on sys.path when run as a script
 
 REPO = Path(__file__).resolve().parents[1]
@@ -76,7 +76,7 @@ def checkpoint_for(n_hidden: int) -> dict:
 def export_packages(n_hidden: int, work: Path, scorer: Path) -> tuple[dict[str, Path], int, int]:
     """Package folders {fp32, int8} with the scorer; the sizes of the int8 model.onnx and of it-it.zip
     without the scorer."""
-    from dsita.checkpoint import model_from_checkpoint
+    from dsita.training.checkpoint import model_from_checkpoint
 
     checkpoint = checkpoint_for(n_hidden)
     model, alphabet = model_from_checkpoint(checkpoint)

@@ -83,7 +83,7 @@ MEMORY_RUN = """
 import sys
 from pathlib import Path
 from dsita.text.alphabet import Alphabet
-from dsita.train import TrainOptions, train
+from dsita.training.loop import TrainOptions, train
 folder = Path(sys.argv[1])
 options = TrainOptions(train_csvs=(folder / sys.argv[2],), dev_csvs=(folder / "dev.csv",),
     checkpoint_dir=folder / ("ckpt-" + sys.argv[2]), batch_size=16, epochs=1, n_hidden=64, workers=0,

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from dsita.data.clips import ImportOptions
 from dsita.data.commonvoice import import_common_voice
-from dsita.data.convert import ImportOptions
 from dsita.text.alphabet import Alphabet
 
 REPO = Path(__file__).resolve().parents[1]
@@ -57,11 +57,11 @@ def small_model_logits(sample_corpus: Path) -> dict[str, tuple[list, list]]:
     """The small trained model's logits on the sample's dev and test splits: split -> (samples, logits)."""
     import torch
 
-    from dsita.checkpoint import load_model
     from dsita.data.dataset import load_samples
-    from dsita.evaluate import model_logits
+    from dsita.evaluation.evaluate import model_logits
+    from dsita.training.checkpoint import load_trained_model
 
-    model, alphabet = load_model(SMALL_MODEL)
+    model, alphabet = load_trained_model(SMALL_MODEL)
     result = {}
     for split in ("dev", "test"):
         samples = load_samples([sample_corpus / f"{split}.csv"], alphabet)
@@ -76,7 +76,7 @@ def small_model_logits(sample_corpus: Path) -> dict[str, tuple[list, list]]:
 def small_release(sample_scorer: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """`dsita export` of the small trained model with the sample scorer: a folder holding it-it.zip (int8),
     model_it.tar.xz (fp32) and checkpoint_it.tar.xz."""
-    from dsita.release import make_release
+    from dsita.export.release import make_release
     from dsita.settings import Settings
 
     out = tmp_path_factory.mktemp("release")

@@ -20,19 +20,23 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from typer.testing import CliRunner
 
-from dsita.audio import SAMPLE_RATE, load_audio
-from dsita.checkpoint import BEST_DEV, LAST, load_checkpoint, load_model, save_checkpoint
+from dsita.audio import SAMPLE_RATE, feature_metadata, load_audio
 from dsita.cli import app
-from dsita.convert import check_transfer_source, ensure_dsita_checkpoint
+from dsita.convert.deepspeech import check_transfer_source, ensure_dsita_checkpoint
 from dsita.data.csvs import read_csv, write_csv
 from dsita.data.dataset import load_samples
-from dsita.decode import BatchDecoder, greedy_decode
+from dsita.decoding.batch import BatchDecoder, greedy_decode
+from dsita.decoding.transcript import Transcript
 from dsita.errors import DsitaError
-from dsita.evaluate import evaluate_logits, model_logits
-from dsita.export import SegmentGraph, onnx_graph, parity_error
-from dsita.features_numpy import LogMelNumpy
-from dsita.inference import InferenceOptions, SpeechModel, onnx_session
-from dsita.inference import load_model as load_package
+from dsita.evaluation.evaluate import evaluate_logits, model_logits
+from dsita.export.onnx import SegmentGraph, onnx_graph, parity_error
+from dsita.export.release import RELEASE_FP32, RELEASE_ZIP, make_release
+from dsita.inference.features import NumpyLogMel
+from dsita.inference.model import InferenceOptions, SpeechModel, onnx_session
+from dsita.inference.model import load_model as load_package
+from dsita.inference.package import INPUT, LENGTHS_IN, open_package
+from dsita.inference.vad import VadOptions
+from dsita.inference.vad import segments as vad_segments
 from dsita.lm.scorer import load_scorer
 from dsita.model import (
     Conformer,
@@ -45,14 +49,10 @@ from dsita.model import (
     model_config_to_dict,
     new_model_config,
 )
-from dsita.package import INPUT, LENGTHS_IN, feature_metadata, open_package
-from dsita.release import RELEASE_FP32, RELEASE_ZIP, make_release
 from dsita.settings import Settings
 from dsita.text.alphabet import Alphabet
-from dsita.train import Distributed, TrainOptions, model_config, options_from_settings, train
-from dsita.transcript import Transcript
-from dsita.vad import VadOptions
-from dsita.vad import segments as vad_segments
+from dsita.training.checkpoint import BEST_DEV, LAST, load_checkpoint, load_trained_model, save_checkpoint
+from dsita.training.loop import Distributed, TrainOptions, model_config, options_from_settings, train
 
 REPO = Path(__file__).resolve().parents[1]
 ITALIAN = Alphabet.italian()
@@ -170,7 +170,7 @@ def test_training_options_apply_only_to_their_architecture(tmp_path: Path) -> No
 
 def test_numpy_log_mels_match_torch(test_clips: list[Path]) -> None:
     audio = load_audio(test_clips[0])
-    got = LogMelNumpy().features(audio)
+    got = NumpyLogMel().features(audio)
     featurizer = LogMel()
     assert featurizer.frame_size == featurizer.n_features == 80
     features, lengths = featurizer(torch.from_numpy(audio)[None])  # float32 input, as training feeds it
@@ -267,7 +267,7 @@ def test_trains_with_the_real_trainer(trained: Path) -> None:
     assert [m["epoch"] for m in metrics] == [1, 2]
     assert metrics[1]["train_loss"] < metrics[0]["train_loss"]
     assert metrics[1]["dev_loss"] < metrics[0]["dev_loss"]
-    model, alphabet = load_model(trained)
+    model, alphabet = load_trained_model(trained)
     assert isinstance(model, Conformer) and alphabet == ITALIAN
     assert model.config.d_model == 32 and model.config.n_layers == 2  # the tiny preset with d_model set
 
@@ -327,7 +327,7 @@ def test_the_train_command_takes_the_model_flags(sample_corpus: Path, tmp_path: 
     ]  # fmt: skip
     result = CliRunner().invoke(app, args, env={"EPOCHS": "1", "BATCH_SIZE": "8", "DATA_DIR": str(tmp_path)})
     assert result.exit_code == 0, result.output
-    model, _ = load_model(tmp_path / "ckpt")
+    model, _ = load_trained_model(tmp_path / "ckpt")
     assert model.config == new_model_config("conformer", N_OUTPUTS, "tiny")
     assert "MODEL=conformer\nMODEL_SIZE=tiny\n" in (tmp_path / "ckpt" / "settings.env").read_text()
 
@@ -373,7 +373,7 @@ def test_fp32_graph_matches_torch_with_dynamic_batch_and_time(release: Path, wri
     assert meta["architecture"] == "conformer" and meta["features"] == "log_mel"
     assert {k: json.loads(meta[k]) if k != "features" and k != "normalization" else meta[k]
             for k in feature_metadata("log_mel")} == feature_metadata("log_mel")  # fmt: skip
-    model, _ = load_model(writer)
+    model, _ = load_trained_model(writer)
     graph = onnx_graph(model)
     assert isinstance(graph, SegmentGraph)
     for batch, steps in ((1, 5), (4, 123)):
@@ -390,7 +390,7 @@ def test_int8_graph_runs_close_to_fp32(release: Path, test_clips: list[Path]) ->
     assert all(node.op_type == "MatMulInteger" for node in matmuls if set(node.input) & weights)
     assert sum(node.op_type == "MatMulInteger" for node in matmuls) == 18  # 1 + 2 blocks x (2 + 2 + 2 + 2)
     assert int8.stat().st_size < fp32.stat().st_size
-    features = LogMelNumpy().features(load_audio(test_clips[0]))[None]
+    features = NumpyLogMel().features(load_audio(test_clips[0]))[None]
     feed = {INPUT: features, LENGTHS_IN: np.array([features.shape[1]])}
     exact, quantized = (onnx_session(path).run(None, feed)[0][0] for path in (fp32, int8))
     assert np.abs(exact - quantized).max() < 0.5
@@ -402,7 +402,7 @@ def test_torch_free_inference_computes_what_torch_computes(
 ) -> None:
     speech = load_package(release / RELEASE_FP32, InferenceOptions(use_lm=False))
     assert not speech.streaming and speech.decoding == "greedy"
-    model, alphabet = load_model(writer)
+    model, alphabet = load_trained_model(writer)
     for clip in test_clips[:3]:
         audio = load_audio(clip)
         with torch.no_grad():
@@ -445,10 +445,10 @@ def test_beam_search_with_the_packaged_scorer(release: Path, test_clips: list[Pa
 def test_evaluation_decodes_greedy_and_with_the_lm(
     trained: Path, sample_corpus: Path, sample_scorer: Path
 ) -> None:
-    model, alphabet = load_model(trained)
+    model, alphabet = load_trained_model(trained)
     samples = load_samples([sample_corpus / "test.csv"], alphabet)[:8]
     logits = model_logits(model, samples, alphabet, torch.device("cpu"))
-    frames = [LogMelNumpy().features(load_audio(s.wav_path)).shape[0] for s in samples]
+    frames = [NumpyLogMel().features(load_audio(s.wav_path)).shape[0] for s in samples]
     assert [len(x) for x in logits] == [-(-n // 4) for n in frames]
     greedy = evaluate_logits(samples, logits, BatchDecoder(alphabet))
     with BatchDecoder(alphabet, load_scorer(sample_scorer), 1) as decoder:

@@ -2,7 +2,8 @@
 
     .venv/bin/python tools/make_test_model.py [--out tests/fixtures/small_model.pt]
 
-It is real training with `dsita.train` (about 4 minutes on two cores); the slim checkpoint it writes holds the
+It is real training with `dsita.training.loop` (about 4 minutes on two cores); the slim checkpoint it writes
+holds the
 best-dev weights, their config and the alphabet, without optimizer state. Re-run it when the model, the
 features or the sample corpus change.
 """
@@ -13,11 +14,11 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from dsita.checkpoint import BEST_DEV, load_checkpoint, save_checkpoint
+from dsita.data.clips import ImportOptions
 from dsita.data.commonvoice import import_common_voice
-from dsita.data.convert import ImportOptions
 from dsita.text.alphabet import Alphabet
-from dsita.train import TrainOptions, train
+from dsita.training.checkpoint import BEST_DEV, load_checkpoint, save_checkpoint
+from dsita.training.loop import TrainOptions, train
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -12,12 +12,12 @@ __version__ = "0.1.0"
 __all__ = ["__version__", "load_model"]
 
 if TYPE_CHECKING:
-    from dsita.inference import load_model
+    from dsita.inference.model import load_model
 
 
 def __getattr__(name: str) -> Any:
     if name == "load_model":
-        from dsita.inference import load_model
+        from dsita.inference.model import load_model
 
         return load_model
     raise AttributeError(f"module 'dsita' has no attribute {name!r}")

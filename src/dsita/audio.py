@@ -44,6 +44,123 @@ LOG_MEL_LOW_HZ = 0.0
 LOG_MEL_HIGH_HZ = SAMPLE_RATE / 2
 
 
+# The feature pipelines' fixed matrices, built in float64 exactly as TF (MFCCs) or HTK (log-mels) build them;
+# `dsita.model.features` (torch) and `dsita.inference.features` (numpy) both compute from these.
+FFT_SIZE = 1 << (WINDOW_SAMPLES - 1).bit_length()  # next power of two >= the window: 512
+N_BINS = FFT_SIZE // 2 + 1  # 257
+LOG_FLOOR = 1e-12
+LOG_MEL_FFT_SIZE = 1 << (LOG_MEL_WINDOW_SAMPLES - 1).bit_length()  # 512 for the 400-sample window
+# The power floor before the log: 100 dB below a full-scale sine's peak bin, above 16-bit quantisation noise
+# (about 1e-8 a channel), so digital silence and dither sit at one value instead of stretching the
+# per-utterance statistics.
+LOG_MEL_FLOOR = 1e-6
+NORM_EPSILON = 1e-5  # added to each channel's standard deviation: a constant channel normalises to 0
+
+
+def hz_to_mel(hz: np.ndarray | float) -> np.ndarray:
+    return 1127.0 * np.log1p(np.asarray(hz, dtype=np.float64) / 700.0)
+
+
+def mel_to_hz(mel: np.ndarray | float) -> np.ndarray:
+    return 700.0 * np.expm1(np.asarray(mel, dtype=np.float64) / 1127.0)
+
+
+def periodic_hann(size: int = WINDOW_SAMPLES) -> np.ndarray:
+    return 0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(size) / size)
+
+
+def mel_filterbank_matrix(
+    n_bins: int = N_BINS,
+    sample_rate: int = SAMPLE_RATE,
+    n_mel: int = N_MEL,
+    low_hz: float = MEL_LOW_HZ,
+    high_hz: float = MEL_HIGH_HZ,
+) -> np.ndarray:
+    """(n_bins, n_mel) float64 matrix M with `magnitude @ M` equal to TF's `MfccMelFilterbank::Compute`.
+
+    TF maps each bin in [start, end] to the channel whose centre is just below it (-1 below the first
+    centre) and splits the bin between that channel (weight w) and the next one (1 - w).
+    """
+    mel_low, mel_high = hz_to_mel(low_hz), hz_to_mel(high_hz)
+    # n_mel + 1 points: channel k peaks at centres[k] and ends at centres[k + 1] (centres[n_mel] = mel_high).
+    centres = mel_low + (mel_high - mel_low) / (n_mel + 1) * np.arange(1, n_mel + 2)
+    hz_per_bin = 0.5 * sample_rate / (n_bins - 1)
+    start, end = int(1.5 + low_hz / hz_per_bin), int(high_hz / hz_per_bin)
+
+    bins = np.arange(start, end + 1)
+    mel = hz_to_mel(bins * hz_per_bin)
+    band = np.searchsorted(centres[:n_mel], mel, side="left") - 1  # TF's band_mapper_, in -1 .. n_mel - 1
+    upper = centres[band + 1]
+    lower = np.where(band >= 0, centres[np.maximum(band, 0)], mel_low)
+    weight = (upper - mel) / (upper - lower)
+
+    matrix = np.zeros((n_bins, n_mel), dtype=np.float64)
+    falling = band >= 0
+    matrix[bins[falling], band[falling]] += weight[falling]
+    rising = band + 1 < n_mel
+    matrix[bins[rising], band[rising] + 1] += 1.0 - weight[rising]
+    return matrix
+
+
+def dct_matrix(n_mel: int = N_MEL, n_mfcc: int = N_MFCC) -> np.ndarray:
+    """(n_mel, n_mfcc) float64 matrix of TF's `MfccDct`: sqrt(2/n) cos(pi i (j + 0.5) / n)."""
+    j, i = np.meshgrid(np.arange(n_mel), np.arange(n_mfcc), indexing="ij")
+    return np.sqrt(2.0 / n_mel) * np.cos(np.pi / n_mel * i * (j + 0.5))
+
+
+def log_mel_filterbank_matrix(
+    n_mels: int = N_LOG_MEL,
+    n_fft: int = LOG_MEL_FFT_SIZE,
+    sample_rate: int = SAMPLE_RATE,
+    low_hz: float = LOG_MEL_LOW_HZ,
+    high_hz: float = LOG_MEL_HIGH_HZ,
+) -> np.ndarray:
+    """(n_fft // 2 + 1, n_mels) float64 matrix of triangular filters on the power spectrum.
+
+    Channel k rises from edge k to its peak at edge k + 1 and falls to zero at edge k + 2, the n_mels + 2
+    edges equally spaced on the mel scale between `low_hz` and `high_hz` (HTK's layout, unnormalised).
+    """
+    bin_hz = np.arange(n_fft // 2 + 1) * sample_rate / n_fft
+    edges = mel_to_hz(np.linspace(hz_to_mel(low_hz), hz_to_mel(high_hz), n_mels + 2))
+    lower, peak, upper = edges[:-2], edges[1:-1], edges[2:]
+    rising = (bin_hz[:, None] - lower) / (peak - lower)
+    falling = (upper - bin_hz[:, None]) / (upper - peak)
+    return np.maximum(0.0, np.minimum(rising, falling))
+
+
+# The input features a graph was trained on (metadata key "features").
+MFCC_FEATURES = "context_mfcc"  # DeepSpeech 0.9's
+LOG_MEL_FEATURES = "log_mel"  # the conformer's normalised log-mels; n_mels is the graph input's width
+
+
+def feature_metadata(features: str = MFCC_FEATURES) -> dict[str, str | int | float]:
+    """The parameters of the features this dsita computes; a model made for others is refused."""
+    if features == LOG_MEL_FEATURES:
+        return {
+            "features": LOG_MEL_FEATURES,
+            "sample_rate": SAMPLE_RATE,
+            "window_ms": LOG_MEL_WINDOW_MS,
+            "step_ms": LOG_MEL_STEP_MS,
+            "mel_low_hz": LOG_MEL_LOW_HZ,
+            "mel_high_hz": LOG_MEL_HIGH_HZ,
+            "log_floor": LOG_MEL_FLOOR,
+            "normalization": "utterance",
+        }
+    if features != MFCC_FEATURES:
+        raise ValueError(f"unknown input features {features!r} (known: {MFCC_FEATURES}, {LOG_MEL_FEATURES})")
+    return {
+        "features": MFCC_FEATURES,
+        "sample_rate": SAMPLE_RATE,
+        "window_ms": WINDOW_MS,
+        "step_ms": STEP_MS,
+        "n_mfcc": N_MFCC,
+        "n_mel": N_MEL,
+        "mel_low_hz": MEL_LOW_HZ,
+        "mel_high_hz": MEL_HIGH_HZ,
+        "n_context": N_CONTEXT,
+    }
+
+
 def downmix(audio: np.ndarray) -> np.ndarray:
     """(frames, channels) float32 to (frames,) by averaging the channels."""
     if audio.shape[1] == 1:

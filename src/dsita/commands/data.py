@@ -110,8 +110,8 @@ def import_cv_command(
     workers: WorkersOption = None,
 ) -> None:
     """Import Common Voice into OUT/{train,dev,test}.csv, OUT/clips/*.wav and OUT/skipped.csv."""
+    from dsita.data.clips import ImportOptions
     from dsita.data.commonvoice import import_common_voice
-    from dsita.data.convert import ImportOptions
 
     settings = settings_from(ctx, max_secs=max_secs, cv_sha256=sha256)
     options = ImportOptions.from_settings(settings, workers=workers)
@@ -130,7 +130,7 @@ def import_csv_command(
     workers: WorkersOption = None,
 ) -> None:
     """Import your own corpus into OUT/<split>.csv, OUT/clips/<split>/ and OUT/<split>.skipped.csv."""
-    from dsita.data.convert import ImportOptions
+    from dsita.data.clips import ImportOptions
     from dsita.data.own_csv import import_own_csv
 
     settings = settings_from(ctx, max_secs=max_secs)
@@ -140,7 +140,7 @@ def import_csv_command(
 
 
 def _print_import(report: Any) -> None:
-    from dsita.data.convert import report_tables
+    from dsita.data.clips import report_tables
 
     for item in report_tables(report):
         out.print(item, markup=False)

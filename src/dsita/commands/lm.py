@@ -104,7 +104,7 @@ def lm_optimize_command(
 
     The study is kept beside the scorer: run the same command again to resume an interrupted search.
     """
-    from dsita.lm.optimize import OptimizeOptions, optimize_checkpoint
+    from dsita.evaluation.tune import OptimizeOptions, optimize_checkpoint
     from dsita.lm.scorer import default_scorer_dir
 
     settings = settings_from(ctx, lm_evaluate_range=evaluate_range)

@@ -38,9 +38,9 @@ def export_command(
 ) -> None:
     """Export a checkpoint to ONNX (fp32 and int8) and write it-it.zip, model_it.tar.xz and
     checkpoint_it.tar.xz, with the model card, for release."""
-    from dsita.export import ExportOptions
+    from dsita.export.onnx import ExportOptions
+    from dsita.export.release import make_release
     from dsita.lm.scorer import MANIFEST, default_scorer_dir
-    from dsita.release import make_release
 
     settings = settings_from(ctx)
     if scorer is None and (default_scorer_dir(settings) / MANIFEST).is_file():
@@ -78,7 +78,7 @@ def transcribe_command(
     threads: Annotated[int, typer.Option(min=1, help="onnxruntime threads.")] = 1,
 ) -> None:
     """Transcribe audio files, or a live stream of PCM, with an exported model. No torch needed."""
-    from dsita.inference import InferenceOptions, load_model
+    from dsita.inference.model import InferenceOptions, load_model
 
     if not files and stream is None:
         raise DsitaError("give audio files to transcribe, or --stream - to read PCM from stdin")
@@ -140,7 +140,7 @@ def convert_deepspeech_checkpoint_command(
 
     Use the result with `dsita train --load-checkpoint-dir DIR` (DROP_SOURCE_LAYERS re-initialises layers).
     """
-    from dsita.convert import convert_deepspeech_checkpoint
+    from dsita.convert.deepspeech import convert_deepspeech_checkpoint
     from dsita.text.alphabet import Alphabet
 
     settings = settings_from(ctx, n_hidden=n_hidden)

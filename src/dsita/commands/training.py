@@ -54,7 +54,7 @@ def train_command(
 ) -> None:
     """Train an acoustic model; resumes when the checkpoint dir holds a run. Works under torchrun."""
     from dsita.text.alphabet import Alphabet
-    from dsita.train import options_from_settings, train
+    from dsita.training.loop import options_from_settings, train
 
     settings = settings_from(
         ctx,
@@ -159,7 +159,7 @@ def decoder_options(
     lexicon_free: bool,
     **weights: Any,
 ) -> Any:
-    from dsita.lm.beam import DecoderOptions
+    from dsita.decoding.beam import DecoderOptions
 
     given = {"beam_width": beam_width, "beam_threshold": beam_threshold, "token_beam": token_beam, **weights}
     return DecoderOptions(lexicon_free=lexicon_free, **{k: v for k, v in given.items() if v is not None})
@@ -176,14 +176,14 @@ def evaluate_checkpoint(
 ) -> None:
     import torch
 
-    from dsita.checkpoint import load_model
     from dsita.data.dataset import load_samples
-    from dsita.decode import BatchDecoder
-    from dsita.evaluate import evaluate_logits, model_logits
+    from dsita.decoding.batch import BatchDecoder
+    from dsita.evaluation.evaluate import evaluate_logits, model_logits
     from dsita.lm.scorer import load_scorer
+    from dsita.training.checkpoint import load_trained_model
 
     scorer = load_scorer(scorer_dir) if scorer_dir is not None else None
-    model, model_alphabet = load_model(checkpoint)
+    model, model_alphabet = load_trained_model(checkpoint)
     samples = load_samples(test_csvs, model_alphabet)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     logits = model_logits(model, samples, model_alphabet, device)
@@ -231,7 +231,7 @@ def run_command(
 
 def distributed_from_environment() -> Any:
     """The process group torchrun describes in the environment; nothing below reads it."""
-    from dsita.train import Distributed
+    from dsita.training.loop import Distributed
 
     return Distributed(
         int(os.environ.get("RANK", 0)),

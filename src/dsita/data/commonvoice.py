@@ -27,7 +27,7 @@ import zlib
 from pathlib import Path, PurePosixPath
 from typing import IO
 
-from dsita.data.convert import (
+from dsita.data.clips import (
     DUPLICATE,
     LINK_MEMBER,
     UNSAFE_MEMBER,

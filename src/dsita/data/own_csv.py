@@ -13,7 +13,7 @@ import hashlib
 import re
 from pathlib import Path, PurePosixPath
 
-from dsita.data.convert import (
+from dsita.data.clips import (
     DUPLICATE,
     MALFORMED_ROW,
     ClipJob,

@@ -30,7 +30,7 @@ class ModelConfig:
     """
 
     ARCHITECTURE: ClassVar[str] = ""
-    # The input features, as `dsita.package` names them for the exported graph's metadata.
+    # The input features, as `dsita.inference.package` names them for the exported graph's metadata.
     FEATURES: ClassVar[str] = ""
     # Named sizes (MODEL_SIZE): field values, the first preset being the default. An architecture without
     # presets (DeepSpeech) is sized by its option fields alone.

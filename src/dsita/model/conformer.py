@@ -27,10 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dsita.audio import N_LOG_MEL
+from dsita.audio import LOG_MEL_FEATURES, N_LOG_MEL
 from dsita.model.base import AcousticModel, AcousticOutput, ModelConfig, State, register_architecture
 from dsita.model.features import LogMel
-from dsita.package import LOG_MEL_FEATURES
 
 ROPE_BASE = 10000.0  # the angle of dimension pair i advances by ROPE_BASE ** (-i / pairs) per step
 

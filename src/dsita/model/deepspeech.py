@@ -22,10 +22,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from dsita.audio import N_CONTEXT, N_MFCC
+from dsita.audio import MFCC_FEATURES, N_CONTEXT, N_MFCC
 from dsita.model.base import AcousticModel, AcousticOutput, ModelConfig, State, register_architecture
 from dsita.model.features import ContextMfcc
-from dsita.package import MFCC_FEATURES
 
 
 @dataclass(frozen=True)

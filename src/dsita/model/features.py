@@ -18,7 +18,8 @@ Where this is not bit-exact with TF: TF computes the FFT, filterbank, log and DC
 the spectrogram (between the two ops) and the MFCCs to float32; here everything runs in the input's dtype
 (float32, or float64 for float64 input), so float32 results differ from TF's by float32 rounding only
 (~1e-6 relative). Window, filterbank and DCT matrices are built in float64 exactly as TF builds them, by
-`dsita.features_numpy`, the torch-free copy of this pipeline that inference uses.
+`dsita.audio`;
+`dsita.inference.features` is the torch-free copy of this pipeline that inference uses.
 """
 
 from __future__ import annotations
@@ -30,21 +31,19 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dsita.audio import (
-    LOG_MEL_STEP_SAMPLES,
-    LOG_MEL_WINDOW_SAMPLES,
-    N_CONTEXT,
-    N_LOG_MEL,
-    N_MFCC,
-    STEP_SAMPLES,
-    WINDOW_SAMPLES,
-)
-from dsita.features_numpy import (
     FFT_SIZE,
     LOG_FLOOR,
     LOG_MEL_FFT_SIZE,
     LOG_MEL_FLOOR,
+    LOG_MEL_STEP_SAMPLES,
+    LOG_MEL_WINDOW_SAMPLES,
     N_BINS,
+    N_CONTEXT,
+    N_LOG_MEL,
+    N_MFCC,
     NORM_EPSILON,
+    STEP_SAMPLES,
+    WINDOW_SAMPLES,
     dct_matrix,
     log_mel_filterbank_matrix,
     mel_filterbank_matrix,

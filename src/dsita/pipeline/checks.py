@@ -14,10 +14,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from dsita.checkpoint import resolve_checkpoint
 from dsita.errors import DsitaError
 from dsita.pipeline.state import Layout, Manifest
 from dsita.settings import Settings
+from dsita.training.checkpoint import resolve_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ def run_checks(
                 "first (ONLY_EXPORT=0), or unpack a checkpoint_it.tar.xz there"
             ) from None
     if "train" in pending and settings.transfer_learning and not settings.only_export:
-        from dsita.convert import check_transfer_source
+        from dsita.convert.deepspeech import check_transfer_source
 
         source = transfer_folder(settings)
         check_transfer_source(source, settings.model)
@@ -169,7 +169,7 @@ def _parameter_count(settings: Settings) -> int:
 
     from dsita.model.base import build_model, count_parameters
     from dsita.text.alphabet import Alphabet
-    from dsita.train import model_config, options_from_settings
+    from dsita.training.loop import model_config, options_from_settings
 
     options = options_from_settings(settings, (), (), Path())  # no data or folder needed for the size
     config = model_config(options, len(Alphabet.for_settings(settings)) + 1)

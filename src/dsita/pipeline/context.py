@@ -17,9 +17,9 @@ from typing import Any
 
 from dsita.errors import DsitaError
 from dsita.pipeline.state import Layout, Manifest
-from dsita.runtime import Distributed
 from dsita.settings import Settings
 from dsita.text.alphabet import Alphabet
+from dsita.training.runtime import Distributed
 
 
 @dataclass(frozen=True)

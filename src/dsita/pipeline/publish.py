@@ -8,9 +8,9 @@ import shutil
 from pathlib import Path
 
 from dsita.errors import DsitaError
+from dsita.export.release import RELEASE_CHECKPOINT, RELEASE_FP32, RELEASE_ZIP
 from dsita.fileio import atomic_write
 from dsita.pipeline.context import Context, Report
-from dsita.release import RELEASE_CHECKPOINT, RELEASE_FP32, RELEASE_ZIP
 
 log = logging.getLogger(__name__)
 
@@ -21,14 +21,14 @@ def evaluate_test(ctx: Context, greedy: bool) -> Report:
     """Test WER/CER with the LM (and greedy), saved next to the checkpoint, where export reads them."""
     import torch
 
-    from dsita.checkpoint import load_model, resolve_checkpoint
     from dsita.data.dataset import load_samples
-    from dsita.decode import BatchDecoder
-    from dsita.evaluate import evaluate_logits, model_logits
+    from dsita.decoding.batch import BatchDecoder
+    from dsita.evaluation.evaluate import evaluate_logits, model_logits
     from dsita.lm.scorer import load_scorer
+    from dsita.training.checkpoint import load_trained_model, resolve_checkpoint
 
     checkpoint = resolve_checkpoint(ctx.layout.checkpoints)
-    model, model_alphabet = load_model(checkpoint)
+    model, model_alphabet = load_trained_model(checkpoint)
     samples = load_samples([ctx.layout.split_csv("test")], model_alphabet)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     logits = model_logits(model, samples, model_alphabet, device)
@@ -56,7 +56,7 @@ def no_test_split(ctx: Context) -> str | None:
 
 
 def _release(ctx: Context) -> Report:
-    from dsita.release import make_release
+    from dsita.export.release import make_release
 
     train_csvs = [p for p in ctx.train_csvs() if p.is_file()]
     scorer = ctx.scorer()
@@ -76,7 +76,7 @@ def model_files(ctx: Context) -> list[Path]:
 
 
 def optimize_lm(ctx: Context) -> Report:
-    from dsita.lm.optimize import OptimizeOptions, optimize_checkpoint
+    from dsita.evaluation.tune import OptimizeOptions, optimize_checkpoint
 
     box = ctx.settings.lm_evaluate_range
     assert box is not None  # the step is skipped without a range
@@ -111,7 +111,7 @@ def no_range(ctx: Context) -> str | None:
 
 def package(ctx: Context) -> Report:
     """Publish the release files from models/ into DATA_DIR, each under a temporary name first."""
-    from dsita.package import open_package
+    from dsita.inference.package import open_package
 
     files = {}
     for name in RELEASE_FILES:

@@ -29,8 +29,8 @@ from dsita.pipeline.checks import prepare_data_dir
 from dsita.pipeline.state import Layout, Manifest, make_key, run_lock
 from dsita.pipeline.steps import BY_NAME, STEP_NAMES, STEPS, Context, Step
 from dsita.pipeline.summary import Outcome, render_text, summary_tables
-from dsita.runtime import Distributed
 from dsita.settings import Settings
+from dsita.training.runtime import Distributed
 
 log = logging.getLogger(__name__)
 # A failing step's error goes to the log files only: the command line prints it once, on one line.

@@ -28,7 +28,7 @@ from dsita.text.alphabet import Alphabet
 
 if TYPE_CHECKING:
     from dsita.model.base import ModelConfig
-    from dsita.train import TrainOptions
+    from dsita.training.loop import TrainOptions
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +76,8 @@ def _import_inputs(ctx: Context) -> list[Any]:
 
 
 def import_corpora(ctx: Context) -> Report:
+    from dsita.data.clips import ImportOptions, report_tables
     from dsita.data.commonvoice import import_common_voice
-    from dsita.data.convert import ImportOptions, report_tables
     from dsita.data.own_csv import import_own_csv
 
     source = find_source(ctx.settings, ctx.layout)
@@ -156,9 +156,9 @@ def _transfer_inputs(ctx: Context) -> list[Any]:
 
 
 def train_model(ctx: Context) -> Report:
-    from dsita.checkpoint import LAST
-    from dsita.convert import ensure_dsita_checkpoint
-    from dsita.train import model_config, options_from_settings, train
+    from dsita.convert.deepspeech import ensure_dsita_checkpoint
+    from dsita.training.checkpoint import LAST
+    from dsita.training.loop import model_config, options_from_settings, train
 
     options = options_from_settings(
         ctx.settings,
@@ -200,9 +200,9 @@ def _check_resumable(last: Path, wanted: ModelConfig, options: TrainOptions, n_o
     """A run in checkpoints/ resumes as it was built: refuse one of another architecture or size rather than
     ignore MODEL or N_HIDDEN; and say so when it has nothing left to do (new data or settings do not restart
     a finished run)."""
-    from dsita.checkpoint import load_checkpoint
     from dsita.model.base import model_config_from_dict
-    from dsita.train import FAST_TRAIN_LIMITS, model_config
+    from dsita.training.checkpoint import load_checkpoint
+    from dsita.training.loop import FAST_TRAIN_LIMITS, model_config
 
     saved = load_checkpoint(last)
     size = model_config_from_dict(saved["model_config"]).size()
@@ -229,7 +229,7 @@ def _describe_size(size: dict[str, Any]) -> str:
 
 
 def _checkpoint_products(ctx: Context) -> list[Path]:
-    from dsita.checkpoint import BEST_DEV, LAST
+    from dsita.training.checkpoint import BEST_DEV, LAST
 
     best, last = ctx.layout.checkpoints / BEST_DEV, ctx.layout.checkpoints / LAST
     return [best if best.is_file() or not last.is_file() else last]

@@ -12,12 +12,12 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from dsita.checkpoint import BEST_DEV
 from dsita.errors import DsitaError
+from dsita.export.release import evaluation_metrics
 from dsita.lm.scorer import load_scorer
 from dsita.pipeline.publish import RELEASE_FILES
 from dsita.pipeline.state import Layout, Manifest
-from dsita.release import evaluation_metrics
+from dsita.training.checkpoint import BEST_DEV
 
 MB = 1e6
 

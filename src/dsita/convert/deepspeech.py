@@ -1,0 +1,255 @@
+"""Mozilla DeepSpeech 0.9 TensorFlow checkpoints -> dsita checkpoints, without TensorFlow.
+
+Variable mapping (H = N_HIDDEN; LSTM = cudnn_lstm/rnn/multi_rnn_cell/cell_0/cudnn_compatible_lstm_cell):
+    layer_N/weights (in, out)    -> layer_N.weight (out, in), transposed    N = 1, 2, 3, 5, 6
+    layer_N/bias (out,)          -> layer_N.bias
+    LSTM/kernel (H + H, 4H)      -> lstm.weight_ih_l0 (4H, H) and lstm.weight_hh_l0 (4H, H)
+    LSTM/bias (4H,)              -> lstm.bias_ih_l0; lstm.bias_hh_l0 = 0
+TF's LSTMBlockCell (LSTMBlockFusedCell, CudnnCompatibleLSTMCell) computes [x, h] @ kernel + bias with the
+gate blocks ordered (i, c, f, o), c being the cell input that torch calls g; torch orders them (i, f, g, o)
+and computes x @ W_ih^T + b_ih + h @ W_hh^T + b_hh, so the kernel is transposed, its gate blocks reordered
+and its rows split at the input width. DeepSpeech builds the cell with forget_bias=0, so no constant is
+folded into the forget gate. (A cuDNN-trained checkpoint stores the same layout: TF's saveable sums
+cuDNN's two biases into the one.) Adam slots (`*/Adam`, `*/Adam_1`), beta1_power, beta2_power,
+global_step and learning_rate are training state: read (and CRC-checked) but not converted.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dsita.convert.tf_bundle import STATE_FILES, TfCheckpoint, open_tf_checkpoint
+from dsita.errors import DsitaError
+from dsita.model.base import build_model, count_parameters, model_config_to_dict
+from dsita.model.deepspeech import DeepSpeechConfig
+from dsita.text.alphabet import Alphabet
+from dsita.training.checkpoint import BEST_DEV, LAST, resolve_checkpoint, save_checkpoint
+
+log = logging.getLogger("dsita.convert.deepspeech")
+
+LSTM_SCOPE = "cudnn_lstm/rnn/multi_rnn_cell/cell_0/cudnn_compatible_lstm_cell"
+DENSE_LAYERS = ("layer_1", "layer_2", "layer_3", "layer_5", "layer_6")
+TF_TO_TORCH_GATES = (0, 2, 1, 3)  # torch's (i, f, g, o) taken from TF's (i, c, f, o)
+ALPHABET_FILE = "alphabet.txt"
+ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
+_TRAINING_STATE = re.compile(r".+/Adam(_1)?|beta1_power|beta2_power|global_step|learning_rate")
+_FLOAT32 = 1  # TF's DT_FLOAT
+
+
+@dataclass(frozen=True)
+class ConversionReport:
+    source: str  # the checkpoint read
+    checkpoint: Path  # the dsita checkpoint written
+    alphabet: str  # where its labels came from
+    tensors: dict[str, tuple[int, ...]]  # converted, with their shapes
+    model_parameters: int  # of the dsita model written
+    ignored: list[str] = field(default_factory=list)  # training state
+    unused: list[str] = field(default_factory=list)  # other variables dsita's model has no place for
+
+    @property
+    def parameters(self) -> int:
+        """Scalars in the converted tensors: 11 H^2 + (n_input + n_outputs + 8) H + n_outputs."""
+        return sum(math.prod(shape) for shape in self.tensors.values())
+
+    def lines(self) -> list[str]:
+        width = max(len(name) for name in self.tensors)
+        adam = [name for name in self.ignored if name.endswith(("/Adam", "/Adam_1"))]
+        other = [name for name in self.ignored if name not in adam]
+        n_hidden = self.tensors["layer_1/bias"][0]
+        extra = self.model_parameters - self.parameters
+        return [
+            f"read {self.source}",
+            *(f"  {name:<{width}}  {tuple(shape)}" for name, shape in self.tensors.items()),
+            f"ignored (training state): {len(adam)} Adam slots (*/Adam, */Adam_1)"
+            + "".join(f", {name}" for name in other),
+            *([f"ignored (not in dsita's model): {', '.join(self.unused)}"] if self.unused else []),
+            f"alphabet: {self.alphabet}",
+            f"parameters: {self.parameters:,} (dsita's model has {self.model_parameters:,}: "
+            f"torch's LSTM adds a second bias of {extra:,} = 4 x {n_hidden} zeros)",
+            f"wrote {self.checkpoint}",
+        ]
+
+
+def expected_shapes(n_input: int, n_hidden: int, n_outputs: int) -> dict[str, tuple[int, ...]]:
+    """DeepSpeech 0.9's model variables and their shapes, input side first."""
+
+    def dense(layer: str, n_in: int, n_out: int) -> dict[str, tuple[int, ...]]:
+        return {f"{layer}/weights": (n_in, n_out), f"{layer}/bias": (n_out,)}
+
+    return {
+        **dense("layer_1", n_input, n_hidden),
+        **dense("layer_2", n_hidden, n_hidden),
+        **dense("layer_3", n_hidden, n_hidden),
+        f"{LSTM_SCOPE}/kernel": (2 * n_hidden, 4 * n_hidden),
+        f"{LSTM_SCOPE}/bias": (4 * n_hidden,),
+        **dense("layer_5", n_hidden, n_hidden),
+        **dense("layer_6", n_hidden, n_outputs),
+    }
+
+
+def to_state_dict(tensors: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    """DeepSpeech's variables (see the module docstring) as a DeepSpeech model's state_dict."""
+    state = {}
+    for layer in DENSE_LAYERS:
+        state[f"{layer}.weight"] = torch.from_numpy(np.ascontiguousarray(tensors[f"{layer}/weights"].T))
+        state[f"{layer}.bias"] = torch.from_numpy(tensors[f"{layer}/bias"].copy())
+    kernel, bias = tensors[f"{LSTM_SCOPE}/kernel"], tensors[f"{LSTM_SCOPE}/bias"]
+    n_hidden = bias.shape[0] // 4
+    n_input = kernel.shape[0] - n_hidden
+    weight = _torch_gate_order(kernel.T, n_hidden)  # (4H, n_input + H): rows are gate units
+    state["lstm.weight_ih_l0"] = torch.from_numpy(weight[:, :n_input].copy())
+    state["lstm.weight_hh_l0"] = torch.from_numpy(weight[:, n_input:].copy())
+    state["lstm.bias_ih_l0"] = torch.from_numpy(_torch_gate_order(bias, n_hidden))
+    state["lstm.bias_hh_l0"] = torch.zeros(4 * n_hidden)
+    return state
+
+
+def _torch_gate_order(x: np.ndarray, n_hidden: int) -> np.ndarray:
+    return np.concatenate([x[gate * n_hidden : (gate + 1) * n_hidden] for gate in TF_TO_TORCH_GATES])
+
+
+def convert_deepspeech_checkpoint(
+    source: Path, out_dir: Path, n_hidden: int, alphabet: Alphabet | None = None
+) -> ConversionReport:
+    """Write `out_dir/best_dev.pt` from a DeepSpeech checkpoint folder or archive.
+
+    `alphabet` is the one the checkpoint was trained with; by default the `alphabet.txt` beside it, else
+    DeepSpeech's English alphabet (the released checkpoints'). Shapes are checked against `n_hidden` and
+    the alphabet before anything is written.
+    """
+    with open_tf_checkpoint(source) as checkpoint:
+        alphabet, origin = _source_alphabet(checkpoint, alphabet)
+        config = DeepSpeechConfig(n_outputs=len(alphabet) + 1, n_hidden=n_hidden)
+        expected = expected_shapes(config.n_input, n_hidden, config.n_outputs)
+        _check(checkpoint, expected, config)
+        tensors = checkpoint.read(expected)
+        names = sorted(checkpoint.entries)
+        label = checkpoint.label
+    model = build_model(config)
+    model.load_state_dict(to_state_dict(tensors))  # strict: the mapping fills every parameter
+    path = out_dir / BEST_DEV
+    save_checkpoint(
+        path,
+        {
+            "model_config": model_config_to_dict(config),
+            "model": model.state_dict(),
+            "alphabet": list(alphabet.labels),
+        },
+    )
+    return ConversionReport(
+        label,
+        path,
+        origin,
+        {name: tuple(tensors[name].shape) for name in expected},
+        count_parameters(model),
+        [name for name in names if _TRAINING_STATE.fullmatch(name)],
+        [name for name in names if name not in expected and not _TRAINING_STATE.fullmatch(name)],
+    )
+
+
+def _source_alphabet(checkpoint: TfCheckpoint, alphabet: Alphabet | None) -> tuple[Alphabet, str]:
+    if alphabet is not None:
+        return alphabet, f"given, {len(alphabet)} labels"
+    text = checkpoint.text(ALPHABET_FILE)
+    if text is not None:
+        found = Alphabet.from_text(text, f"{checkpoint.label}: {ALPHABET_FILE}")
+        return found, f"{ALPHABET_FILE} beside the checkpoint, {len(found)} labels"
+    return Alphabet.english(), f"DeepSpeech's English ({len(Alphabet.english())} labels; no {ALPHABET_FILE})"
+
+
+def _check(checkpoint: TfCheckpoint, expected: dict[str, tuple[int, ...]], config: DeepSpeechConfig) -> None:
+    """Name every missing or misshapen variable at once, and variables dsita cannot reproduce."""
+    entries = checkpoint.entries
+    if layer_norm := sorted(name for name in entries if "/LayerNorm/" in name):
+        raise DsitaError(
+            f"{checkpoint.label}: trained with --layer_norm ({layer_norm[0]}), "
+            "which dsita's model does not implement"
+        )
+    problems = []
+    for name, shape in expected.items():
+        entry = entries.get(name)
+        if entry is None:
+            problems.append(f"{name} is missing")
+        elif entry.shape != shape or entry.dtype != _FLOAT32:
+            got = f"{entry.shape}" + ("" if entry.dtype == _FLOAT32 else f" of TF dtype {entry.dtype}")
+            problems.append(f"{name} is {got}, expected {shape} float32")
+    if problems:
+        found = ""
+        if f"{LSTM_SCOPE}/bias" in entries and "layer_6/bias" in entries:
+            hidden, outputs = entries[f"{LSTM_SCOPE}/bias"].shape[0] // 4, entries["layer_6/bias"].shape[0]
+            found = f" (the checkpoint has N_HIDDEN={hidden} and {outputs} outputs)"
+        raise DsitaError(
+            f"{checkpoint.label} does not fit N_HIDDEN={config.n_hidden} and {config.n_outputs} outputs "
+            f"({config.n_outputs - 1} labels + blank){found}: " + "; ".join(problems)
+        )
+
+
+def ensure_dsita_checkpoint(
+    source: Path,
+    out_dir: Path,
+    n_hidden: int,
+    alphabet: Alphabet | None = None,
+    architecture: str = DeepSpeechConfig.ARCHITECTURE,
+) -> Path:
+    """The dsita checkpoint file to transfer from: `source` itself, or its conversion into `out_dir`.
+
+    `source` is a dsita checkpoint (a .pt file, or a folder with best_dev.pt or last.pt) or a DeepSpeech
+    TensorFlow checkpoint: a folder holding one, a tar archive of one, or a folder holding exactly one such
+    archive or one such folder (an unpacked release archive). `n_hidden` and `alphabet` are as for
+    `convert_deepspeech_checkpoint`. A TensorFlow checkpoint can only start a model of the `deepspeech`
+    `architecture` (see `check_transfer_source`). The conversion is redone on every call: for the 0.9.3
+    checkpoint about 10 s from a folder, 30 s from its .tar.gz (gzip is read more than once), 1 GB of memory
+    at the peak.
+    """
+    if (own := _dsita_checkpoint(source)) is not None:
+        return own
+    check_transfer_source(source, architecture)
+    candidates = [source] if source.is_file() or _holds_tf_checkpoint(source) else []
+    if not candidates and source.is_dir():
+        candidates = [
+            path
+            for path in sorted(source.iterdir())
+            if _holds_tf_checkpoint(path) or (path.is_file() and path.name.endswith(ARCHIVE_SUFFIXES))
+        ]
+    if len(candidates) != 1:
+        raise DsitaError(
+            f"{source}: expected a dsita checkpoint ({BEST_DEV} or {LAST}) or one DeepSpeech checkpoint "
+            f"(a folder with {' or '.join(STATE_FILES)} and *.index, or a .tar.gz of one), found "
+            + (", ".join(path.name for path in candidates) if candidates else "none")
+        )
+    report = convert_deepspeech_checkpoint(candidates[0], out_dir, n_hidden, alphabet)
+    log.info("Converted the DeepSpeech checkpoint %s into %s", report.source, report.checkpoint)
+    return report.checkpoint
+
+
+def check_transfer_source(source: Path, architecture: str) -> None:
+    """Refuse to start a model of another architecture than deepspeech from anything but a dsita checkpoint:
+    the converter writes deepspeech models only. Cheap, so `dsita run` checks it before importing."""
+    if architecture != DeepSpeechConfig.ARCHITECTURE and _dsita_checkpoint(source) is None:
+        raise DsitaError(
+            f"{source} holds no dsita checkpoint ({BEST_DEV} or {LAST}) to start MODEL={architecture} from; "
+            "a DeepSpeech TensorFlow checkpoint can start MODEL=deepspeech only"
+        )
+
+
+def _dsita_checkpoint(source: Path) -> Path | None:
+    """The dsita checkpoint file `source` is or holds; None for anything else (a TensorFlow checkpoint)."""
+    if source.is_file() and not tarfile.is_tarfile(source):
+        return source  # a dsita checkpoint file: loading it checks it
+    if source.is_dir() and any((source / name).is_file() for name in (BEST_DEV, LAST)):
+        return resolve_checkpoint(source)
+    return None
+
+
+def _holds_tf_checkpoint(folder: Path) -> bool:
+    return folder.is_dir() and (
+        any((folder / name).is_file() for name in STATE_FILES) or any(folder.glob("*.index"))
+    )

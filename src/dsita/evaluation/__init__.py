@@ -1,0 +1,1 @@
+"""Measuring a trained model: WER/CER reports, and the alpha/beta search on dev WER."""

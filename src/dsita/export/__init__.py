@@ -1,0 +1,1 @@
+"""Turning a checkpoint into release files: ONNX graphs and the release archives."""

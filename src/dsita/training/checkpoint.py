@@ -1,0 +1,109 @@
+"""Checkpoint files: the model's config, weights, alphabet and training state in one torch file.
+
+Files are written to a temporary name and renamed, and read with `torch.load(weights_only=True)`, so a
+checkpoint can never run code. A checkpoint rebuilds its own model (as whisper's `checkpoint["dims"]`).
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dsita.errors import DsitaError
+from dsita.fileio import atomic_write
+from dsita.model.base import AcousticModel, build_model, model_config_from_dict
+from dsita.text.alphabet import Alphabet
+
+log = logging.getLogger("dsita.training.loop")
+
+FORMAT_VERSION = 1
+BEST_DEV = "best_dev.pt"
+LAST = "last.pt"  # the newest state, mid-epoch or end of epoch: what a restart resumes from
+EPOCH_PATTERN = re.compile(r"^epoch-(\d+)\.pt$")
+
+
+def epoch_checkpoint_name(epoch: int) -> str:
+    return f"epoch-{epoch:04d}.pt"
+
+
+def save_checkpoint(path: Path, checkpoint: dict[str, Any]) -> None:
+    with atomic_write(path, "wb") as f:
+        torch.save({"format_version": FORMAT_VERSION, **checkpoint}, f)
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise DsitaError(f"{path}: checkpoint not found")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
+        raise DsitaError(f"{path}: not a readable dsita checkpoint ({str(exc).splitlines()[0]})") from None
+    if not isinstance(checkpoint, dict) or checkpoint.get("format_version") != FORMAT_VERSION:
+        raise DsitaError(f"{path}: not a dsita checkpoint of format version {FORMAT_VERSION}")
+    return checkpoint
+
+
+def resolve_checkpoint(path: Path) -> Path:
+    """A checkpoint file, or the one to use from a folder: best_dev, else the newest state."""
+    if path.is_file():
+        return path
+    for name in (BEST_DEV, LAST):
+        if (path / name).is_file():
+            return path / name
+    raise DsitaError(f"{path}: no checkpoint found (expected {BEST_DEV} or {LAST})")
+
+
+def model_from_checkpoint(checkpoint: dict[str, Any]) -> tuple[AcousticModel, Alphabet]:
+    model = build_model(model_config_from_dict(checkpoint["model_config"]))
+    model.load_state_dict(checkpoint["model"])
+    return model, Alphabet(tuple(checkpoint["alphabet"]))
+
+
+def load_trained_model(path: Path) -> tuple[AcousticModel, Alphabet]:
+    """The model and alphabet stored in a checkpoint file or folder, in eval mode on the CPU."""
+    model, alphabet = model_from_checkpoint(load_checkpoint(resolve_checkpoint(path)))
+    return model.eval(), alphabet
+
+
+def rotate_epoch_checkpoints(folder: Path, keep: int) -> None:
+    """Keep only the `keep` newest epoch checkpoints (best_dev and last are separate files)."""
+    epochs = sorted((int(m.group(1)), p) for p in folder.iterdir() if (m := EPOCH_PATTERN.match(p.name)))
+    for _, path in epochs[:-keep]:
+        path.unlink()
+
+
+def transfer_weights(model: AcousticModel, source_path: Path, drop_layers: int) -> None:
+    """Load another run's weights, re-initialising the last `drop_layers` of the model's transfer layers.
+
+    Kept layers must match in shape; a mismatch (e.g. another alphabet size with nothing dropped) is an error.
+    """
+    source = load_checkpoint(source_path)
+    source_architecture = model_config_from_dict(source["model_config"]).ARCHITECTURE
+    if source_architecture != model.config.ARCHITECTURE:
+        raise DsitaError(
+            f"{source_path}: a {source_architecture} checkpoint cannot start a {model.config.ARCHITECTURE} "
+            "model: transfer learning needs a checkpoint of the same architecture (MODEL)"
+        )
+    order = model.transfer_layers
+    if drop_layers > len(order):
+        raise DsitaError(f"DROP_SOURCE_LAYERS must be at most {len(order)} for this model, got {drop_layers}")
+    dropped = order[len(order) - drop_layers :]
+    own = model.state_dict()
+    mismatches = []
+    for key, value in source["model"].items():
+        if key.startswith(tuple(f"{layer}." for layer in dropped)) or key not in own:
+            continue
+        if own[key].shape != value.shape:
+            mismatches.append(f"{key}: source {tuple(value.shape)}, model {tuple(own[key].shape)}")
+        own[key] = value
+    if mismatches:
+        raise DsitaError(
+            f"{source_path}: cannot transfer with DROP_SOURCE_LAYERS={drop_layers}: " + "; ".join(mismatches)
+        )
+    model.load_state_dict(own)
+    log.info("Transferred weights from %s; re-initialised: %s", source_path, ", ".join(dropped) or "none")
