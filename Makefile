@@ -6,7 +6,10 @@ PY := $(VENV)/bin/python
 KENLM_DIR := .cache/kenlm
 INSTALLED := $(VENV)/.installed
 
-.PHONY: demo test setup system lint lock bench clean
+CLIENTS := .cache/clients
+NODE := .cache/node
+
+.PHONY: demo test setup test-tools system lint lock bench docker-test clean
 
 # The whole pipeline on the bundled sample (FAST_TRAIN), then one held-out clip through the exported it-it.zip.
 # A second `make demo` finds every step up to date and only transcribes again.
@@ -14,11 +17,17 @@ demo: setup
 	DATA_DIR=data $(VENV)/bin/dsita --env-file env_files/fast_dev.env run
 	$(PY) tools/demo_transcribe.py data
 
-test: setup
+test: setup test-tools
 	$(VENV)/bin/ruff check src tests benchmarks tools
 	$(VENV)/bin/pytest -q
 
-setup: system $(INSTALLED) $(KENLM_DIR)/bin/lmplz
+setup: system $(INSTALLED) $(VENV)/bin/lmplz
+
+# Test tools only, never runtime dependencies: the original DeepSpeech and Coqui STT clients in throw-away
+# venvs of the pyenv interpreters (3.9, 3.10), and playwright-core for the `dsita serve` page test.
+test-tools: $(INSTALLED)
+	bash tools/setup_clients.sh $(CLIENTS)
+	bash tools/setup_node.sh $(NODE)
 
 system:
 	@bash tools/setup_system.sh
@@ -35,6 +44,10 @@ $(INSTALLED): pyproject.toml
 $(KENLM_DIR)/bin/lmplz: tools/build_kenlm.sh | $(INSTALLED)
 	bash tools/build_kenlm.sh $(KENLM_DIR) $(PY)
 
+# Beside the venv's python, where dsita looks for them first (KENLM_BIN empty), wherever it is started from.
+$(VENV)/bin/lmplz: $(KENLM_DIR)/bin/lmplz
+	cp $(KENLM_DIR)/bin/lmplz $(KENLM_DIR)/bin/build_binary $(KENLM_DIR)/bin/filter $(VENV)/bin/
+
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks tools
 	$(VENV)/bin/ruff format --check src tests benchmarks tools
@@ -46,6 +59,12 @@ lock: setup
 
 bench: setup
 	$(PY) benchmarks/import_speed.py
+
+# The image's release check, as root, with podman and buildah (no Docker daemon needed): builds the CPU image
+# from a local Debian base, runs fast_dev.env through its ENTRYPOINT as uid 999 with DATA_DIR at /mnt, checks
+# the release files, transcribes a clip inside it. Not part of `make test` (see the README for its time).
+docker-test:
+	bash tools/docker_test.sh
 
 clean:
 	rm -rf $(VENV) .cache data

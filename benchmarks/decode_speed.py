@@ -39,8 +39,8 @@ from dsita.audio import SAMPLE_RATE, load_audio
 from dsita.data.clips import ImportOptions
 from dsita.data.commonvoice import import_common_voice
 from dsita.data.csvs import read_csv
-from dsita.decoding.batch import greedy_decode
 from dsita.decoding.beam import BeamSearchDecoder, DecoderOptions, log_softmax
+from dsita.decoding.greedy import greedy_text
 from dsita.lm.build import LmBuildOptions, build_scorer
 from dsita.lm.corpus import evaluation_sentences
 from dsita.text.alphabet import Alphabet
@@ -156,7 +156,7 @@ def main() -> None:
 
     refs = references[1:]
     n = len(refs)
-    greedy = [greedy_decode(x, len(x), alphabet) for x in logits[1:]]
+    greedy = [greedy_text(x, alphabet) for x in logits[1:]]
     cores = os.cpu_count()
     print(f"machine: {platform.processor() or platform.machine()}, {cores} cores; one decoding thread each")
     print(f"dsita {decode_options} (load and trie {load_seconds:.2f} s)")

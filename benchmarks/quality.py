@@ -132,12 +132,12 @@ def test_sets(work: Path) -> dict[str, list[Path]]:
 def augment_options(on: bool) -> AugmentOptions:
     """Nothing, or exactly what `AUGMENT=1` gives a user (the recommended probabilities and ranges)."""
     from dsita.settings import load_settings
-    from dsita.training.loop import options_from_settings
+    from dsita.settings.options import augment_options as from_settings
 
     if not on:
         return AugmentOptions()
     settings, _ = load_settings(overrides={"augment": True})
-    return options_from_settings(settings, [], [], Path(".")).augment
+    return from_settings(settings)
 
 
 def matched_n_hidden(target_parameters: int, n_outputs: int) -> int:
@@ -173,11 +173,11 @@ def run_row(args: argparse.Namespace, row: str) -> None:
         checkpoint_dir=row_dir / "checkpoints",
         architecture=model_name,
         model_size=args.size,
-        n_hidden=n_hidden,
+        model_fields={"n_hidden": n_hidden, "dropout": 0.1},
         batch_size=args.batch,
         epochs=1,
         learning_rate=args.lr_conformer if model_name == "conformer" else args.lr_deepspeech,
-        dropout=0.1,
+        lr_schedule="constant",  # as when these rows were measured
         early_stop=False,
         amp=False,
         workers=0,
@@ -238,7 +238,7 @@ def evaluate_row(args: argparse.Namespace, row: str) -> None:
     from dsita.data.dataset import load_samples
     from dsita.decoding.batch import BatchDecoder
     from dsita.decoding.beam import DecoderOptions
-    from dsita.evaluation.evaluate import evaluate_greedy, evaluate_logits, model_logits
+    from dsita.evaluation.evaluate import evaluate_logits, model_logits
     from dsita.evaluation.tune import OptimizeOptions, optimize
     from dsita.lm.scorer import load_scorer
     from dsita.text.alphabet import Alphabet
@@ -274,7 +274,9 @@ def evaluate_row(args: argparse.Namespace, row: str) -> None:
         for name, csvs in test_sets(work).items():
             samples = load_samples(csvs, alphabet)
             logits = model_logits(model, samples, alphabet, device)
-            greedy = evaluate_greedy(model, samples, alphabet, device)
+            greedy = evaluate_logits(
+                samples, model_logits(model, samples, alphabet, device), BatchDecoder(alphabet)
+            )
             with_lm = evaluate_logits(samples, logits, decoder)
             result["tests"][name] = {
                 "clips": len(samples),

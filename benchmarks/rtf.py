@@ -30,6 +30,7 @@ from dsita.audio import SAMPLE_RATE, load_audio
 from dsita.data.clips import ImportOptions
 from dsita.data.commonvoice import import_common_voice
 from dsita.data.csvs import read_csv
+from dsita.export.card import ModelInfo
 from dsita.export.onnx import export_fp32, quantize_int8
 from dsita.export.release import release_metadata
 from dsita.inference.model import InferenceOptions, SpeechModel, load_model
@@ -37,7 +38,6 @@ from dsita.inference.package import ALPHABET_FILE, MODEL_FILE, SCORER_DIR
 from dsita.lm.build import LmBuildOptions, build_scorer
 from dsita.lm.corpus import evaluation_sentences
 from dsita.model.base import build_model, model_config_to_dict, new_model_config
-from dsita.settings import Settings
 from dsita.text.alphabet import Alphabet
 from dsita.training.checkpoint import load_checkpoint
 from train_speed import FRAMES_PER_SECOND, macs_per_frame  # benchmarks/ is on sys.path when run as a script
@@ -80,7 +80,7 @@ def export_packages(n_hidden: int, work: Path, scorer: Path) -> tuple[dict[str, 
 
     checkpoint = checkpoint_for(n_hidden)
     model, alphabet = model_from_checkpoint(checkpoint)
-    metadata = release_metadata(checkpoint, Settings(), None, (), work)
+    metadata = release_metadata(model, alphabet, ModelInfo(), None, (), work)
     folders = {precision: work / f"{n_hidden}-{precision}" for precision in ("fp32", "int8")}
     for folder in folders.values():
         folder.mkdir()

@@ -86,7 +86,8 @@ from dsita.text.alphabet import Alphabet
 from dsita.training.loop import TrainOptions, train
 folder = Path(sys.argv[1])
 options = TrainOptions(train_csvs=(folder / sys.argv[2],), dev_csvs=(folder / "dev.csv",),
-    checkpoint_dir=folder / ("ckpt-" + sys.argv[2]), batch_size=16, epochs=1, n_hidden=64, workers=0,
+    checkpoint_dir=folder / ("ckpt-" + sys.argv[2]), batch_size=16, epochs=1, workers=0,
+    model_fields={'n_hidden': 64},
     show_progress=False, amp=False)
 train(options, Alphabet.italian())
 # VmHWM is this process's own peak (ru_maxrss would carry the forking parent's peak across exec).

@@ -80,5 +80,5 @@ def small_release(sample_scorer: Path, tmp_path_factory: pytest.TempPathFactory)
     from dsita.settings import Settings
 
     out = tmp_path_factory.mktemp("release")
-    make_release(SMALL_MODEL, out, Settings(), sample_scorer)
+    make_release(SMALL_MODEL, out, None, sample_scorer, settings_env=Settings().to_env_text())
     return out

@@ -10,7 +10,6 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
-from typing import get_args
 
 import numpy as np
 import onnx
@@ -25,7 +24,8 @@ from dsita.cli import app
 from dsita.convert.deepspeech import check_transfer_source, ensure_dsita_checkpoint
 from dsita.data.csvs import read_csv, write_csv
 from dsita.data.dataset import load_samples
-from dsita.decoding.batch import BatchDecoder, greedy_decode
+from dsita.decoding.batch import BatchDecoder
+from dsita.decoding.greedy import greedy_text
 from dsita.decoding.transcript import Transcript
 from dsita.errors import DsitaError
 from dsita.evaluation.evaluate import evaluate_logits, model_logits
@@ -50,9 +50,10 @@ from dsita.model import (
     new_model_config,
 )
 from dsita.settings import Settings
+from dsita.settings.options import train_options
 from dsita.text.alphabet import Alphabet
 from dsita.training.checkpoint import BEST_DEV, LAST, load_checkpoint, load_trained_model, save_checkpoint
-from dsita.training.loop import Distributed, TrainOptions, model_config, options_from_settings, train
+from dsita.training.loop import Distributed, TrainOptions, model_config, train
 
 REPO = Path(__file__).resolve().parents[1]
 ITALIAN = Alphabet.italian()
@@ -78,7 +79,7 @@ def options(corpus: Path, checkpoint_dir: Path, **overrides: object) -> TrainOpt
         checkpoint_dir=checkpoint_dir,
         architecture="conformer",
         model_size="tiny",
-        d_model=32,
+        model_fields={"d_model": 32},
         batch_size=8,
         epochs=2,
         learning_rate=1e-3,
@@ -113,7 +114,7 @@ def writer(trained: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def release(writer: Path, sample_scorer: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """`dsita export` of that model with the sample scorer."""
     out = tmp_path_factory.mktemp("conformer-release")
-    report = make_release(writer, out, Settings(), sample_scorer)
+    report = make_release(writer, out, None, sample_scorer)
     assert report.parity_error < 1e-4
     return out
 
@@ -145,27 +146,36 @@ def test_presets_sizes_and_parameter_counts() -> None:
     }
 
 
-def test_settings_name_what_the_registry_and_presets_hold() -> None:
-    assert set(get_args(Settings.model_fields["model"].annotation)) == set(architectures())
-    assert set(get_args(Settings.model_fields["model_size"].annotation)) == set(ConformerConfig.PRESETS)
+def test_unknown_architectures_and_sizes_are_refused_naming_the_setting(tmp_path: Path) -> None:
+    for settings, message in (
+        (Settings(model="wav2vec"), r"architecture 'wav2vec' \(MODEL; known: conformer, deepspeech"),
+        (Settings(model="conformer", model_size="huge"), r"unknown conformer size 'huge' \(MODEL_SIZE"),
+    ):
+        with pytest.raises(DsitaError, match=message):
+            model_config(train_options(settings, (), (), tmp_path), N_OUTPUTS)
+
+
+def test_every_preset_has_a_kernel_friendly_head_width() -> None:
+    # Fused 16-bit attention (flash, memory-efficient) needs a head width that is a multiple of 8.
+    for name in ConformerConfig.PRESETS:
+        config = new_model_config("conformer", N_OUTPUTS, name)
+        assert (config.d_model // config.n_heads) % 8 == 0, name
 
 
 def test_training_options_apply_only_to_their_architecture(tmp_path: Path) -> None:
     settings = Settings(model="conformer", model_size="medium", conformer_layers=3, n_hidden=99, dropout=0.3)
-    config = model_config(options_from_settings(settings, (), (), tmp_path), N_OUTPUTS)
+    config = model_config(train_options(settings, (), (), tmp_path), N_OUTPUTS)
     assert isinstance(config, ConformerConfig)
     assert (config.d_model, config.n_layers, config.n_heads, config.dropout) == (256, 3, 4, 0.1)
-    # FAST_TRAIN trains the tiny preset, whatever size the settings ask for.
-    fast = Settings(model="conformer", model_size="medium", conformer_dim=512, fast_train=True)
-    assert model_config(options_from_settings(fast, (), (), tmp_path), 9) == new_model_config(
-        "conformer", 9, "tiny"
-    )
-    deepspeech = model_config(options_from_settings(Settings(fast_train=True), (), (), tmp_path), 9)
+    # FAST_TRAIN trains the tiny preset unless the settings ask for a size themselves (a preset, as AUGMENT).
+    fast = Settings(model="conformer", fast_train=True)
+    assert model_config(train_options(fast, (), (), tmp_path), 9) == new_model_config("conformer", 9, "tiny")
+    asked = Settings(model="conformer", model_size="medium", conformer_dim=512, fast_train=True)
+    assert model_config(train_options(asked, (), (), tmp_path), 9).size()["d_model"] == 512
+    deepspeech = model_config(train_options(Settings(fast_train=True), (), (), tmp_path), 9)
     assert deepspeech.size() == {"architecture": "deepspeech", "n_hidden": 64}
     with pytest.raises(DsitaError, match="multiple of 2 x n_heads"):
-        model_config(
-            options_from_settings(Settings(model="conformer", conformer_dim=100), (), (), tmp_path), 9
-        )
+        model_config(train_options(Settings(model="conformer", conformer_dim=102), (), (), tmp_path), 9)
 
 
 def test_numpy_log_mels_match_torch(test_clips: list[Path]) -> None:
@@ -409,7 +419,7 @@ def test_torch_free_inference_computes_what_torch_computes(
             expected = model(*model.featurizer(torch.from_numpy(audio)[None])).logits[0].numpy()
         got = speech.run_segment(speech.featurizer.features(audio))
         np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
-        assert speech.transcribe_segment(audio).text == greedy_decode(expected, len(expected), alphabet) != ""
+        assert speech.transcribe_segment(audio).text == greedy_text(expected, alphabet) != ""
     assert speech.transcribe(np.zeros(100, dtype=np.float32)).text == ""  # too short for one frame
 
 
@@ -430,6 +440,27 @@ def test_long_audio_is_cut_in_pauses_and_streaming_is_refused(release: Path, tes
     assert [w.start for w in got.words] == sorted(w.start for w in got.words)
     with pytest.raises(DsitaError, match="streaming is a DeepSpeech feature"):
         speech.stream()
+
+
+@pytest.mark.parametrize("use_lm", [False, True])
+def test_word_times_count_the_conformers_40_ms_steps(
+    release: Path, test_clips: list[Path], use_lm: bool
+) -> None:
+    speech = load_package(release / RELEASE_ZIP, InferenceOptions(use_lm=use_lm, beam_width=16))
+    assert speech.step_seconds == pytest.approx(0.04)
+    # Logits that say "a" on steps 10 to 12 and blank elsewhere: the word spans steps 10-13, 0.40-0.52 s.
+    logits = np.full((30, len(speech.alphabet) + 1), -10.0, dtype=np.float32)
+    logits[:, speech.alphabet.blank_index] = 0.0
+    logits[10:13, speech.alphabet.blank_index] = -10.0
+    logits[10:13, speech.alphabet.encode("a")[0]] = 0.0
+    if not use_lm:
+        (word,) = speech.decoder.decode(logits).words
+        assert (word.word, word.start, word.end) == ("a", pytest.approx(0.40), pytest.approx(0.52))
+    # On real audio the last word ends within the clip, and past its first half (20 ms steps would halve it).
+    audio = load_audio(test_clips[0])
+    words = speech.transcribe(audio).words
+    duration = audio.size / SAMPLE_RATE
+    assert words and duration / 2 < words[-1].end <= duration + 0.04
 
 
 def test_beam_search_with_the_packaged_scorer(release: Path, test_clips: list[Path]) -> None:

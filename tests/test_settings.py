@@ -86,7 +86,10 @@ def test_lm_evaluate_range_is_parsed(monkeypatch: pytest.MonkeyPatch) -> None:
         ("EARLY_STOP", "2", "EARLY_STOP must be 0 or 1, got '2'"),
         ("DROPOUT", "1.5", "DROPOUT must be a number in [0, 1), got '1.5'"),
         ("LEARNING_RATE", "fast", "LEARNING_RATE must be a positive number, got 'fast'"),
-        ("LM_EVALUATE_RANGE", "5,5", "LM_EVALUATE_RANGE must be empty or MAX_ALPHA,MAX_BETA,N_TRIALS"),
+        ("LM_EVALUATE_RANGE", "5,5,5,5", "LM_EVALUATE_RANGE must be empty, MAX_ALPHA,MAX_BETA,N_TRIALS"),
+        ("LM_EVALUATE_RANGE", "nan,nan,3", "LM_EVALUATE_RANGE must be empty, MAX_ALPHA,MAX_BETA,N_TRIALS"),
+        ("SEED", "99999999999999999999", "SEED must be an integer from 0 to 4294967295"),
+        ("LEARNING_RATE", "inf", "LEARNING_RATE must be a positive number, got 'inf'"),
         ("DROP_SOURCE_LAYERS", "6", "DROP_SOURCE_LAYERS must be an integer from 0 to 5, got '6'"),
         ("ES_STOP", "-1", "ES_EPOCHS must be a positive integer, got '-1'"),
         ("CV_SHA256", "xyz", "CV_SHA256 must be empty or 64 hexadecimal digits, got 'xyz'"),
@@ -141,7 +144,8 @@ def test_config_command_shows_values_and_sources(tmp_path: Path) -> None:
 def test_cli_bad_value_is_one_line_without_traceback() -> None:
     result = run_cli("config", env={"BATCH_SIZE": "abc"})
     assert result.returncode == 2
-    assert result.stderr.strip() == "error: BATCH_SIZE must be a positive integer, got 'abc'"
+    expected = "error: BATCH_SIZE must be a positive integer, got 'abc' (in the environment)"
+    assert result.stderr.strip() == expected
     assert "Traceback" not in result.stderr
 
 

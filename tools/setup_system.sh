@@ -8,6 +8,7 @@ packages=(
   zlib1g-dev libbz2-dev liblzma-dev
   espeak-ng festival festvox-italp16k festvox-itapc16k fortunes-it manpages-it
   sox libsox-fmt-mp3
+  chromium
 )
 
 missing=()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from dsita.commands import data, lm, release, training  # noqa: F401  (registers the commands)
+from dsita.commands import data, lm, release, serve, training  # noqa: F401  (registers the commands)
 from dsita.commands.base import app, console
 from dsita.errors import DsitaError
 

@@ -22,12 +22,14 @@ from dsita.data.augment import (
     draw_noise,
     load_noise_bank,
 )
-from dsita.data.dataset import BucketBatchSampler, SpeechDataset, load_samples, read_wav, sample_duration
+from dsita.data.dataset import SpeechDataset, load_samples, read_wav
 from dsita.errors import DsitaError
 from dsita.model.features import ContextMfcc
 from dsita.settings import load_settings
+from dsita.settings.options import train_options
 from dsita.text.alphabet import Alphabet
-from dsita.training.loop import Distributed, TrainOptions, dataset_loss, options_from_settings, train
+from dsita.training.data import load_training_data
+from dsita.training.loop import Distributed, TrainOptions, dataset_loss, train
 
 ITALIAN = Alphabet.italian()
 RATE = 16000
@@ -242,8 +244,7 @@ def tiny_options(corpus: Path, checkpoint_dir: Path, augment: AugmentOptions) ->
         checkpoint_dir=checkpoint_dir,
         batch_size=4,
         epochs=1,
-        n_hidden=16,
-        dropout=0.0,
+        model_fields={"n_hidden": 16, "dropout": 0.0},
         workers=0,
         max_steps_per_epoch=2,
         max_train_clips=8,
@@ -274,11 +275,10 @@ def test_training_augments_train_batches_and_never_dev(
     result = train(options, ITALIAN)
     assert metrics(options.checkpoint_dir)["train_loss"] != pytest.approx(plain_run["train_loss"], rel=1e-6)
     # The dev loss the trainer recorded is that of the unaugmented dev clips.
-    dev = load_samples(options.dev_csvs, ITALIAN)[: options.max_dev_clips]
-    sampler = BucketBatchSampler([sample_duration(s) for s in dev], options.batch_size, options.seed, True)
-    clean = dataset_loss(
-        result.model, SpeechDataset(dev, ITALIAN), sampler, torch.device("cpu"), None, Distributed()
-    )
+    cpu = torch.device("cpu")
+    clean_options = dataclasses.replace(options, augment=AugmentOptions())
+    data = load_training_data(clean_options, ITALIAN, result.model, Distributed(), cpu)
+    clean = dataset_loss(result.model, data, cpu, None, Distributed())
     assert metrics(options.checkpoint_dir)["dev_loss"] == pytest.approx(clean, rel=1e-6)
 
 
@@ -306,5 +306,5 @@ def test_settings_fill_the_train_options(monkeypatch: pytest.MonkeyPatch, tmp_pa
     monkeypatch.setenv("AUG_SNR_DB", "0,20")
     monkeypatch.setenv("AUG_NOISE_DIR", str(tmp_path))
     settings, _ = load_settings(overrides={"aug_rt60": "0.2,0.9"})
-    augment = options_from_settings(settings, [], [], tmp_path).augment
+    augment = train_options(settings, [], [], tmp_path).augment
     assert augment == AugmentOptions(noise=0.25, noise_dir=tmp_path, snr_db=(0, 20), rt60=(0.2, 0.9))

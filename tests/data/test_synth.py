@@ -32,10 +32,14 @@ from dsita.data.synth import (
     TOP_DIR,
     TSV_COLUMNS,
     PlannedClip,
+    Prosody,
     Speaker,
     SynthOptions,
     SynthReport,
+    SynthVariety,
     check_engines,
+    espeak_command,
+    festival_setup,
     plan_corpus,
     render_clip,
     spoken_text,
@@ -163,6 +167,52 @@ def test_shared_speakers_repeat_train_voices_with_unseen_sentences() -> None:
         assert not {c.sentence for c in by_split[split]} & {c.sentence for c in by_split["train"]}
 
 
+def test_variety_gives_each_speaker_a_vocal_tract_and_each_clip_its_prosody() -> None:
+    plain_options = SynthOptions(n_clips=2000, seed=4)
+    options = replace(plain_options, variety=SynthVariety())
+    plan = plan_corpus(fake_sentences(2500), options)
+    assert plan == plan_corpus(fake_sentences(2500), options)
+    plain = plan_corpus(fake_sentences(2500), plain_options)
+    # Sentences and splits are drawn first, so variety changes only voices and prosody.
+    assert [(c.split, c.sentence) for c in plan] == [(c.split, c.sentence) for c in plain]
+    speakers = {c.speaker for c in plan}
+    variety = SynthVariety()
+    for speaker in speakers:
+        assert variety.formant[0] <= speaker.formant <= variety.formant[1]
+        if speaker.engine == ESPEAK:
+            assert variety.espeak_word_gap[0] <= speaker.word_gap <= variety.espeak_word_gap[1]
+            assert speaker.pitch_range == 1.0
+        else:
+            low, high = variety.festival_pitch_range
+            assert low <= speaker.pitch_range <= high and speaker.word_gap == 0
+    # Without variety, speakers of one engine voice differ in speed and pitch only: 57 voices at most.
+    plain_voices = {c.speaker.timbre for c in plain}
+    assert len(plain_voices) <= len(ESPEAK_VARIANTS) + len(FESTIVAL_VOICES)
+    assert len(speakers) == len({c.speaker for c in plain}) == 200
+    assert len({s.timbre for s in speakers}) > 1.5 * len(plain_voices)
+    prosodies = [c.prosody for c in plan]
+    assert all(variety.speed[0] <= p.speed <= variety.speed[1] for p in prosodies)
+    assert all(variety.pitch[0] <= p.pitch <= variety.pitch[1] for p in prosodies)
+    assert len({p.amplitude for p in prosodies}) > 20 and {c.prosody for c in plain} == {Prosody()}
+
+
+def test_plain_speakers_keep_their_keys_and_engine_settings(tmp_path: Path) -> None:
+    espeak = Speaker(ESPEAK, "m1", 170, 50)
+    assert espeak.key == "espeak-ng:m1:speed=170:pitch=50"  # as before variety: the same client ids
+    assert espeak_command(espeak, Prosody(), "ciao", tmp_path / "a.wav") == [
+        "espeak-ng", "-v", "it+m1", "-s", "170", "-p", "50", "-w", str(tmp_path / "a.wav"), "--", "ciao",
+    ]  # fmt: skip
+    varied = replace(espeak, word_gap=3, formant=1.1)
+    assert varied.key == "espeak-ng:m1:speed=170:pitch=50:formant=1.1:word_gap=3"
+    command = espeak_command(varied, Prosody(speed=1.05, pitch=1.1, amplitude=80), "ciao", tmp_path / "a.wav")
+    assert command[3:11] == ["-s", "178", "-p", "55", "-g", "3", "-a", "80"]
+    festival = Speaker(FESTIVAL, "pc_diphone", 1.1, 1.2)
+    assert "pow" not in festival_setup(festival) and "Duration_Stretch 0.9091" in festival_setup(festival)
+    ranged = festival_setup(replace(festival, pitch_range=1.4), Prosody(speed=0.9, pitch=1.05))
+    assert "(pow (/ (cadr point) 100) 1.4)" in ranged and "(* 1.26 " in ranged
+    assert f"Duration_Stretch {1 / (1.1 * 0.9):.4f}" in ranged
+
+
 def test_options_and_plan_reject_impossible_requests() -> None:
     with pytest.raises(DsitaError, match="add up to 1"):
         SynthOptions(split_fractions=(0.8, 0.1, 0.2))
@@ -252,6 +302,18 @@ def test_same_seed_gives_the_same_corpus(tiny_corpora: list[tuple[Path, SynthRep
 
 
 @needs_tts
+def test_same_seed_gives_the_same_corpus_with_variety(tmp_path: Path) -> None:
+    options = replace(TINY_OPTIONS, n_clips=8, variety=SynthVariety())
+    reports = [synthesize_corpus(TINY_SENTENCES, tmp_path / name, options) for name in ("a.tgz", "b.tgz")]
+    assert (tmp_path / "a.tgz").read_bytes() == (tmp_path / "b.tgz").read_bytes()  # the formant shift too
+    planned = plan_corpus(prepare_sentences(TINY_SENTENCES, 3, 14), options)
+    plain = plan_corpus(prepare_sentences(TINY_SENTENCES, 3, 14), replace(options, variety=None))
+    assert (
+        reports[0].voices == len({c.speaker.timbre for c in planned}) > len({c.speaker.timbre for c in plain})
+    )
+
+
+@needs_tts
 @pytest.mark.parametrize("voice", FESTIVAL_VOICES)
 def test_festival_speaks_accented_text_as_latin1(voice: str, tmp_path: Path) -> None:
     speaker = Speaker(FESTIVAL, voice, 1.1, 1.2)
@@ -269,6 +331,48 @@ def test_a_sentence_festival_crashes_on_is_read_from_its_transcript(tmp_path: Pa
     clip = PlannedClip("test", "common_voice_it_1.mp3", sentence, speaker)
     mp3, seconds = render_clip(clip, tmp_path)
     assert seconds > 2 and len(mp3) > 1000
+
+
+def spectral_centroid(mp3: bytes) -> float:
+    """Power-weighted mean frequency between 200 Hz and 6 kHz of a clip's long-term spectrum."""
+    audio, rate = sf.read(io.BytesIO(mp3), dtype="float64")
+    power = np.abs(np.fft.rfft(audio)) ** 2
+    frequencies = np.fft.rfftfreq(audio.size, 1 / rate)
+    band = (frequencies > 200) & (frequencies < 6000)
+    return float((frequencies[band] * power[band]).sum() / power[band].sum())
+
+
+@needs_tts
+def test_a_vocal_tract_is_baked_into_the_clip(tmp_path: Path) -> None:
+    sentence = prepare_sentences(["Il mare è calmo stamattina, andiamo a fare il bagno."], 3, 20)[0]
+    renders = {}
+    for formant in (1.0, 1.15, 0.87):
+        speaker = replace(Speaker(ESPEAK, "m3", 170, 50), formant=formant)
+        renders[formant] = render_clip(PlannedClip("train", "a.mp3", sentence, speaker), tmp_path)
+    for formant in (1.15, 0.87):
+        assert renders[formant][1] == pytest.approx(renders[1.0][1], abs=0.01)  # same duration
+        ratio = spectral_centroid(renders[formant][0]) / spectral_centroid(renders[1.0][0])
+        assert (ratio - 1) * (formant - 1) > 0 and 0.03 < abs(ratio - 1) < 0.3  # the envelope moved
+
+
+@needs_tts
+def test_prosody_and_voice_settings_reach_the_engines(tmp_path: Path) -> None:
+    sentence = prepare_sentences(["Abbiamo camminato fino al lago con i nostri amici."], 3, 20)[0]
+
+    def seconds(speaker: Speaker, prosody: Prosody | None = None) -> float:
+        clip = PlannedClip("train", "a.mp3", sentence, speaker, prosody or Prosody())
+        return render_clip(clip, tmp_path)[1]
+
+    espeak = Speaker(ESPEAK, "f2", 160, 50)
+    assert seconds(replace(espeak, word_gap=5)) > seconds(espeak) + 0.2  # 8 gaps of 50 ms more
+    festival = Speaker(FESTIVAL, "lp_diphone", 1.0, 1.0)
+    plain = seconds(festival)
+    assert seconds(festival, Prosody(speed=1.25)) == pytest.approx(plain / 1.25, rel=0.1)
+    ranged = render_clip(
+        PlannedClip("train", "a.mp3", sentence, replace(festival, pitch_range=1.5)), tmp_path
+    )
+    assert ranged[1] == pytest.approx(plain, rel=0.02)  # intonation only: the timing stays
+    assert ranged[0] != render_clip(PlannedClip("train", "a.mp3", sentence, festival), tmp_path)[0]
 
 
 @needs_tts
@@ -289,6 +393,9 @@ def test_cli_synth_writes_the_archive(tmp_path: Path) -> None:
     text = tmp_path / "frasi.txt"
     text.write_text("\n".join(TINY_SENTENCES) + "\n", encoding="utf-8")
     out = tmp_path / "it.tar.gz"
-    result = CliRunner().invoke(app, ["synth", "--clips", "20", "--text", str(text), "--out", str(out)])
+    result = CliRunner().invoke(
+        app, ["synth", "--clips", "20", "--text", str(text), "--out", str(out), "--variety"]
+    )
     assert result.exit_code == 0, result.output
     assert "train" in result.output and len(assert_common_voice_corpus(out)["dev"]) == 2
+    assert "voices" in result.output and "distinct speakers in" in result.output

@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dsita.decoding.batch import BatchDecoder, greedy_decode
+from dsita.decoding.batch import BatchDecoder
 from dsita.decoding.beam import BeamSearchDecoder, DecoderOptions
+from dsita.decoding.greedy import greedy_text
 from dsita.errors import DsitaError
 from dsita.lm.scorer import load_scorer
 from dsita.text.alphabet import Alphabet
@@ -45,7 +46,7 @@ def decoder(sample_scorer: Path) -> BeamSearchDecoder:
 def test_lexicon_search_keeps_to_vocabulary_words(decoder: BeamSearchDecoder) -> None:
     rng = np.random.default_rng(0)
     logits = spell("il gatyo dorme", rng, second={6: "t"})  # "gatyo" is written, "gatto" nearly as likely
-    assert greedy_decode(logits, len(logits), ITALIAN) == "il gatyo dorme"
+    assert greedy_text(logits, ITALIAN) == "il gatyo dorme"
     assert decoder.decode(logits, SMALL_BEAM) == "il gatto dorme"
     # Without the LM (alpha 0) the lexicon alone still rules "gatyo" out.
     assert decoder.decode(logits, DecoderOptions(beam_width=64, alpha=0.0, beta=0.0)) == "il gatto dorme"
@@ -64,7 +65,7 @@ def test_without_lm_weight_lexicon_free_search_finds_the_greedy_path(decoder: Be
     for text in ("ciao mondo", "una frase qualsiasi", "x"):
         logits = spell(text, rng)
         options = DecoderOptions(beam_width=16, alpha=0.0, beta=0.0, lexicon_free=True)
-        assert decoder.decode(logits, options) == greedy_decode(logits, len(logits), ITALIAN) == text
+        assert decoder.decode(logits, options) == greedy_text(logits, ITALIAN) == text
 
 
 @pytest.mark.parametrize("lexicon_free", [False, True])
@@ -88,7 +89,7 @@ def test_worker_processes_decode_like_one_process(sample_scorer: Path) -> None:
         assert two.decode(logits, SMALL_BEAM) == one.decode(logits, SMALL_BEAM)
         assert one.describe(DecoderOptions()) == "beam search (lexicon, beam 500, alpha 0, beta 0)"
     greedy = BatchDecoder(ITALIAN)
-    assert greedy.decode(logits) == [greedy_decode(x, len(x), ITALIAN) for x in logits]
+    assert greedy.decode(logits) == [greedy_text(x, ITALIAN) for x in logits]
     assert greedy.describe(SMALL_BEAM) == "greedy"
 
 

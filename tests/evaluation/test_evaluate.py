@@ -13,8 +13,9 @@ import numpy as np
 import torch
 
 from dsita.data.csvs import Sample, read_csv, write_csv
-from dsita.decoding.batch import greedy_decode
-from dsita.evaluation.evaluate import evaluate_greedy, score
+from dsita.decoding.batch import BatchDecoder
+from dsita.decoding.greedy import greedy_text
+from dsita.evaluation.evaluate import evaluate_logits, model_logits, score
 from dsita.text.alphabet import Alphabet
 from dsita.training.checkpoint import load_trained_model
 
@@ -36,9 +37,9 @@ def test_greedy_decode_collapses_repeats_and_drops_blanks() -> None:
     ids = [alphabet.encode(c)[0] for c in "ciao"]
     path = [ids[0], ids[0], blank, ids[1], ids[2], blank, ids[2], ids[3], blank]
     logits = np.eye(blank + 1)[path]
-    assert greedy_decode(logits, len(path), alphabet) == "ciaao"
-    assert greedy_decode(logits, 3, alphabet) == "c"
-    assert greedy_decode(logits, 0, alphabet) == ""
+    assert greedy_text(logits, alphabet) == "ciaao"
+    assert greedy_text(logits[:3], alphabet) == "c"
+    assert greedy_text(logits[:0], alphabet) == ""
 
 
 def test_score_is_corpus_level_and_ranks_samples() -> None:
@@ -83,7 +84,8 @@ def test_evaluation_matches_direct_model_output(sample_corpus: Path, tmp_path: P
     torch.manual_seed(0)
     model = build_model(new_model_config("deepspeech", len(alphabet) + 1, n_hidden=16)).eval()
     samples = read_csv(sample_corpus / "test.csv")[:5]
-    report = evaluate_greedy(model, samples, alphabet, torch.device("cpu"), batch_size=2)
+    logits = model_logits(model, samples, alphabet, torch.device("cpu"), batch_size=2)
+    report = evaluate_logits(samples, logits, BatchDecoder(alphabet))
     from dsita.audio import load_audio
 
     for sample, result in zip(samples, report.samples, strict=True):
@@ -91,7 +93,7 @@ def test_evaluation_matches_direct_model_output(sample_corpus: Path, tmp_path: P
         with torch.no_grad():
             features, lengths = model.featurizer(audio, torch.tensor([audio.shape[1]]))
             logits = model(features, lengths).logits[0].numpy()
-        assert result.hypothesis == greedy_decode(logits, len(logits), alphabet)
+        assert result.hypothesis == greedy_text(logits, alphabet)
 
 
 def test_unencodable_csv_stops_the_cli_with_one_line(sample_corpus: Path, tmp_path: Path) -> None:

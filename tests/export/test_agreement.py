@@ -6,7 +6,7 @@ from pathlib import Path
 
 import jiwer
 
-from dsita.decoding.batch import greedy_decode
+from dsita.decoding.greedy import greedy_text
 from dsita.export.release import RELEASE_FP32, RELEASE_ZIP
 from dsita.inference.model import InferenceOptions, load_model
 from dsita.text.alphabet import Alphabet
@@ -18,7 +18,7 @@ def test_onnx_fp32_equals_pytorch_and_int8_is_within_one_wer_point(
     samples, logits = small_model_logits["test"]
     alphabet = Alphabet.italian()
     references = [s.transcript for s in samples]
-    pytorch = [greedy_decode(x, len(x), alphabet) for x in logits]
+    pytorch = [greedy_text(x, alphabet) for x in logits]
     greedy = InferenceOptions(use_lm=False)
     fp32_model = load_model(small_release / RELEASE_FP32, greedy)
     int8_model = load_model(small_release / RELEASE_ZIP, greedy)

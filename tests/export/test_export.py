@@ -19,15 +19,17 @@ import yaml
 
 from dsita.audio import feature_metadata
 from dsita.data.csvs import read_csv
-from dsita.decoding.batch import greedy_decode
+from dsita.decoding.greedy import greedy_text
 from dsita.errors import DsitaError
 from dsita.evaluation.evaluate import score
+from dsita.export.card import ModelInfo
 from dsita.export.onnx import StreamingGraph
 from dsita.export.release import RELEASE_CHECKPOINT, RELEASE_FP32, RELEASE_ZIP, make_release, write_zip
 from dsita.inference.model import onnx_session
 from dsita.inference.package import INPUT, STATE_C_IN, STATE_H_IN
 from dsita.lm.scorer import load_scorer
 from dsita.settings import Settings
+from dsita.settings.options import model_info
 from dsita.text.alphabet import Alphabet
 from dsita.training.checkpoint import load_trained_model as load_checkpoint_model
 
@@ -106,15 +108,15 @@ def test_int8_graph_stores_every_weight_matrix_in_int8(small_release: Path, tmp_
 
 
 def test_metadata_and_model_card(small_release: Path, sample_scorer: Path, tmp_path: Path) -> None:
-    settings = Settings()
+    settings = ModelInfo()
     scorer = load_scorer(sample_scorer)
     for path, precision in zip(unpack(small_release, tmp_path), ("int8", "fp32"), strict=True):
         meta = {p.key: p.value for p in onnx.load(path).metadata_props}
         assert meta["precision"] == precision
         assert meta["language"] == "it-IT"
-        assert meta["model_author"] == settings.model_author
-        assert meta["model_name"] == settings.model_name
-        assert meta["model_license"] == settings.model_license
+        assert meta["model_author"] == settings.author
+        assert meta["model_name"] == settings.name
+        assert meta["model_license"] == settings.license
         assert json.loads(meta["alphabet"]) == list(Alphabet.italian().labels)
         assert json.loads(meta["lm_alpha"]) == scorer.alpha
         assert meta["graph_version"] == "1"
@@ -122,7 +124,7 @@ def test_metadata_and_model_card(small_release: Path, sample_scorer: Path, tmp_p
         card = zf.read("MODEL_CARD.md").decode()
     front = front_matter(card)
     assert {k: front[k] for k in feature_metadata()} == feature_metadata()
-    assert front["model_author"] == settings.model_author != "author"
+    assert front["model_author"] == settings.author != "author"
     assert front["language"] == "it-IT"
     assert front["n_hidden"] == 256
     assert (front["lm_alpha"], front["lm_beta"]) == (scorer.alpha, scorer.beta)
@@ -139,11 +141,11 @@ def test_model_card_takes_figures_from_reports_and_settings(
     shutil.copy(SMALL_MODEL, checkpoint_dir / "best_dev.pt")
     samples, logits = small_model_logits["test"]
     alphabet = Alphabet.italian()
-    report = score(samples, [greedy_decode(x, len(x), alphabet) for x in logits], "greedy")
+    report = score(samples, [greedy_text(x, alphabet) for x in logits], "greedy")
     report.save(checkpoint_dir / "test_report_greedy.json")
-    settings = Settings(model_author="Ada Lovelace", model_version="2.0.1")
+    info = model_info(Settings(model_author="Ada Lovelace", model_version="2.0.1"))
 
-    release = make_release(checkpoint_dir, tmp_path / "out", settings, None, [sample_corpus / "train.csv"])
+    release = make_release(checkpoint_dir, tmp_path / "out", info, None, [sample_corpus / "train.csv"])
 
     front = release.metadata
     assert front["test_wer_greedy"] == round(report.wer, 4)
@@ -169,7 +171,7 @@ def test_scorer_with_another_alphabet_is_refused(sample_scorer: Path, tmp_path: 
     shutil.copytree(sample_scorer, scorer)
     Alphabet.english().save(scorer / "alphabet.txt")
     with pytest.raises(DsitaError, match="another alphabet"):
-        make_release(SMALL_MODEL, tmp_path / "out", Settings(), scorer)
+        make_release(SMALL_MODEL, tmp_path / "out", None, scorer)
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 import sys
 import tracemalloc
@@ -17,8 +18,8 @@ import torch
 from dsita.audio import SAMPLE_RATE, iter_audio, load_audio
 from dsita.data.csvs import read_csv
 from dsita.decoding.align import align
-from dsita.decoding.batch import greedy_decode
-from dsita.decoding.transcript import GreedyDecoder, Transcript
+from dsita.decoding.greedy import GreedyDecoder
+from dsita.decoding.transcript import Transcript
 from dsita.export.release import RELEASE_ZIP
 from dsita.inference.features import NumpyContextMfcc
 from dsita.inference.model import InferenceOptions, SpeechModel, load_model
@@ -116,8 +117,10 @@ def test_greedy_words_and_alignment(greedy_model: SpeechModel, test_clips: list[
     audio, _ = with_pauses(test_clips[1:5], pause_s=0.2)  # a long text: alignment states past int8's range
     logits = greedy_model.run(greedy_model.featurizer.features(audio), greedy_model.initial_state())[0]
     alphabet = greedy_model.alphabet
-    transcript = GreedyDecoder(alphabet).decode(logits)
-    assert transcript.text == greedy_decode(logits, len(logits), alphabet) != ""
+    transcript = GreedyDecoder(alphabet, greedy_model.step_seconds).decode(logits)
+    path = logits.argmax(-1)
+    collapsed = [int(label) for label, _ in itertools.groupby(path) if label != alphabet.blank_index]
+    assert transcript.text == " ".join(alphabet.decode(collapsed).split()) != ""
     assert [w.word for w in transcript.words] == transcript.text.split()
     duration = audio.size / SAMPLE_RATE
     for word, following in zip(transcript.words, [*transcript.words[1:], None], strict=True):
@@ -125,11 +128,11 @@ def test_greedy_words_and_alignment(greedy_model: SpeechModel, test_clips: list[
         assert 0 < word.confidence <= 1
         assert following is None or word.end <= following.start
     # Forced alignment of the greedy text finds the greedy path itself.
-    aligned = align(logits, transcript.text, alphabet)
+    aligned = align(logits, transcript.text, alphabet, greedy_model.step_seconds)
     assert [(w.word, w.start, w.end) for w in aligned.words] == [
         (w.word, w.start, w.end) for w in transcript.words
     ]
-    assert align(logits[:3], transcript.text, alphabet).words == ()  # too few frames to hold the text
+    assert align(logits[:3], transcript.text, alphabet, 0.02).words == ()  # too few frames to hold the text
 
 
 def test_inference_needs_no_torch(

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
 from dsita.errors import DsitaError
+from dsita.settings import Settings
+from dsita.settings.options import alphabet_for
 from dsita.text.alphabet import Alphabet, UnencodableCharacter
 
 
@@ -25,9 +26,9 @@ def test_english_has_deepspeech_order_and_29_outputs() -> None:
     assert alphabet.blank_index + 1 == 29
 
 
-def test_for_settings_reads_english_compatible() -> None:
-    assert Alphabet.for_settings(SimpleNamespace(english_compatible=True)) == Alphabet.english()  # type: ignore[arg-type]
-    assert Alphabet.for_settings(SimpleNamespace(english_compatible=False)) == Alphabet.italian()  # type: ignore[arg-type]
+def test_english_compatible_picks_the_english_alphabet() -> None:
+    assert alphabet_for(Settings(english_compatible=True)) == Alphabet.english()
+    assert alphabet_for(Settings(english_compatible=False)) == Alphabet.italian()
 
 
 @pytest.mark.parametrize("alphabet", [Alphabet.italian(), Alphabet.english(), Alphabet(("#", "a", " "))])

@@ -40,7 +40,7 @@ def test_two_gloo_ranks_end_with_identical_weights(sample_corpus: Path, tmp_path
         batch_size=4,
         epochs=2,
         learning_rate=1e-3,
-        n_hidden=32,
+        model_fields={"n_hidden": 32},
         workers=0,
         max_train_clips=40,
         max_dev_clips=8,

@@ -11,16 +11,19 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+import soundfile as sf
 import torch
 
 from dsita.data.augment import AugmentOptions
 from dsita.data.csvs import Sample, read_csv, write_csv
+from dsita.data.dataset import Batch
 from dsita.errors import DsitaError
 from dsita.text.alphabet import Alphabet
 from dsita.text.normalize import normalize
 from dsita.training.checkpoint import BEST_DEV, LAST, load_checkpoint, load_trained_model
-from dsita.training.loop import TrainOptions, train
+from dsita.training.loop import TrainOptions, ctc_loss, train
 
 ITALIAN = Alphabet.italian()
 
@@ -33,8 +36,7 @@ def options(corpus: Path, checkpoint_dir: Path, **overrides: object) -> TrainOpt
         batch_size=8,
         epochs=2,
         learning_rate=1e-3,
-        n_hidden=32,
-        dropout=0.1,
+        model_fields={"n_hidden": 32, "dropout": 0.1},
         workers=0,
         max_train_clips=48,
         max_dev_clips=8,
@@ -81,22 +83,54 @@ def test_early_stop_after_es_epochs_without_improvement(sample_corpus: Path, tmp
     assert result.stopped_early and result.epochs_completed == 3
 
 
+def test_clips_their_output_steps_cannot_spell_are_left_out_and_named(
+    sample_corpus: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    good = read_csv(sample_corpus / "train.csv")[:16]
+    # A transcript far longer than the clip's output steps has zero CTC probability: an infinite loss.
+    impossible = Sample(good[0].wav_path, good[0].wav_filesize, "a" * 2000, good[0].duration)
+    write_csv(tmp_path / "mixed.csv", [*good, impossible])
+    caplog.set_level("WARNING", logger="dsita.training")
+    train(options(sample_corpus, tmp_path / "ckpt", train_csvs=(tmp_path / "mixed.csv",), epochs=1), ITALIAN)
+    assert "1 train clips are too short for their transcripts" in caplog.text
+    assert json.loads((tmp_path / "ckpt" / "metrics.jsonl").read_text())["skipped_batches"] == 0
+
+
+def test_an_unspellable_item_costs_its_batch_nothing() -> None:
+    # Two items, the second asking for more labels than it has steps: its loss counts as 0, not infinity.
+    torch.manual_seed(0)
+    logits = torch.randn(2, 6, 5, requires_grad=True)
+    targets, target_lengths = torch.tensor([1, 2, 1, 2, 3, 1, 2, 3, 1]), torch.tensor([2, 7])
+    batch = Batch(torch.zeros(2, 1), torch.tensor([6, 6]), targets, target_lengths, [0, 1], False)
+    loss = ctc_loss(logits, torch.tensor([6, 6]), batch, blank=4)
+    alone = Batch(torch.zeros(1, 1), torch.tensor([6]), targets[:2], target_lengths[:1], [0], False)
+    assert torch.isfinite(loss)
+    assert loss.item() == pytest.approx(ctc_loss(logits[:1], torch.tensor([6]), alone, blank=4).item() / 2)
+    loss.backward()
+    assert torch.all(logits.grad[1] == 0)
+
+
 def test_non_finite_batches_are_skipped_and_logged(
     sample_corpus: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     good = read_csv(sample_corpus / "train.csv")[:16]
-    # A transcript far longer than the clip's frames has zero CTC probability: an infinite loss.
-    impossible = Sample(good[0].wav_path, good[0].wav_filesize, "a" * 2000, good[0].duration)
-    write_csv(tmp_path / "mixed.csv", [*good, impossible])
-    write_csv(tmp_path / "bad.csv", [impossible])
-    caplog.set_level("WARNING", logger="dsita.training.loop")
+    # Float audio with NaN in it (our importers write PCM, but a CSV can point anywhere): a NaN loss.
+    audio, rate = sf.read(good[0].wav_path, dtype="float32")
+    audio[::7] = np.nan
+    sf.write(tmp_path / "nan.wav", audio, rate, subtype="FLOAT")
+    broken = Sample(
+        tmp_path / "nan.wav", (tmp_path / "nan.wav").stat().st_size, good[0].transcript, good[0].duration
+    )
+    write_csv(tmp_path / "mixed.csv", [*good, broken])
+    write_csv(tmp_path / "bad.csv", [broken])
+    caplog.set_level("WARNING", logger="dsita.training")
     result = train(
         options(
             sample_corpus, tmp_path / "ckpt", train_csvs=(tmp_path / "mixed.csv",), batch_size=1, epochs=1
         ),
         ITALIAN,
     )
-    assert "non-finite loss" in caplog.text and str(good[0].wav_path) in caplog.text
+    assert "non-finite loss" in caplog.text and str(broken.wav_path) in caplog.text
     assert all(torch.isfinite(v).all() for v in result.model.state_dict().values())
     metrics = json.loads((tmp_path / "ckpt" / "metrics.jsonl").read_text())
     assert metrics["skipped_batches"] == 1

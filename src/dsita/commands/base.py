@@ -1,4 +1,9 @@
-"""The typer apps, consoles and the settings helper that every command module shares."""
+"""The typer apps, consoles and settings helpers that every command module shares.
+
+A command's flags are settings (`setting_option` gives each its help and default from `Settings`) or
+options that only a command line has. `--env-file` is accepted before the command (`dsita --env-file F run`)
+and after it (`dsita run --env-file F`).
+"""
 
 from __future__ import annotations
 
@@ -30,18 +35,28 @@ app.add_typer(convert_app, name="convert")
 console = Console(stderr=True)
 out = Console()
 
+EnvFileOption = Annotated[Path | None, typer.Option("--env-file", help="File of NAME=value settings.")]
+
 
 @app.callback()
-def _root(
-    ctx: typer.Context,
-    env_file: Annotated[Path | None, typer.Option("--env-file", help="File of NAME=value settings.")] = None,
-) -> None:
+def _root(ctx: typer.Context, env_file: EnvFileOption = None) -> None:
     ctx.obj = {"env_file": env_file}
 
 
-def settings_from(ctx: typer.Context, **flags: Any) -> Settings:
-    """The settings for a command: its flags (None = not given) over the environment and the env file."""
-    settings, _ = load_settings(ctx.obj["env_file"], flags)
+def setting_option(field: str, *names: str, **keywords: Any) -> Any:
+    """A typer option for a setting: its help is the setting's description, variable name and default."""
+    info = Settings.model_fields[field]
+    default = Settings().env_value(field)
+    shown = f", default {default}" if default else ""
+    help_text = f"{info.description} [{Settings.field_env_name(field)}{shown}]"
+    return typer.Option(*names, help=help_text, show_default=False, **keywords)
+
+
+def settings_from(ctx: typer.Context, env_file: Path | None = None, **flags: Any) -> Settings:
+    """The settings for a command: its flags (None = not given) over the environment and the env file
+    (the command's `--env-file`, else the one given before the command)."""
+    root = ctx.find_root().obj or {}
+    settings, _ = load_settings(env_file or root.get("env_file"), flags)
     return settings
 
 
@@ -49,4 +64,5 @@ CsvList = Annotated[list[Path] | None, typer.Option(help="DeepSpeech CSV (repeat
 
 
 def split_csvs(settings: Settings, given: list[Path] | None, split: str) -> list[Path]:
+    """The CSVs given, or DATA_DIR/extracted/SPLIT.csv."""
     return given or [settings.data_dir / "extracted" / f"{split}.csv"]

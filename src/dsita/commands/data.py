@@ -10,21 +10,24 @@ import typer
 from rich.table import Table
 
 from dsita.commands.base import (
+    EnvFileOption,
     app,
     console,
     import_app,
     out,
+    setting_option,
     settings_from,
     text_app,
 )
+from dsita.data.synth import ENGINES, SynthOptions
 from dsita.errors import DsitaError
 from dsita.settings import Settings, load_settings
 
 
 @app.command("config")
-def config_command(ctx: typer.Context) -> None:
+def config_command(ctx: typer.Context, env_file: EnvFileOption = None) -> None:
     """Print every effective setting and where it came from."""
-    settings, sources = load_settings(ctx.obj["env_file"])
+    settings, sources = load_settings(env_file or ctx.find_root().obj["env_file"])
     table = Table("variable", "value", "source", "meaning")
     for field, info in Settings.model_fields.items():
         table.add_row(
@@ -34,13 +37,12 @@ def config_command(ctx: typer.Context) -> None:
 
 
 @text_app.command("normalize")
-def text_normalize_command(ctx: typer.Context) -> None:
+def text_normalize_command(ctx: typer.Context, env_file: EnvFileOption = None) -> None:
     """Normalize lines from stdin; a rejected line prints empty, with its reason on stderr."""
-    from dsita.text.alphabet import Alphabet
+    from dsita.settings.options import alphabet_for
     from dsita.text.normalize import Rejection, normalize
 
-    settings = settings_from(ctx)
-    alphabet = Alphabet.for_settings(settings)
+    alphabet = alphabet_for(settings_from(ctx, env_file))
     for line_number, line in enumerate(sys.stdin, start=1):
         result = normalize(line.rstrip("\n"), alphabet)
         if isinstance(result, Rejection):
@@ -54,28 +56,41 @@ def text_normalize_command(ctx: typer.Context) -> None:
 def synth_command(
     ctx: typer.Context,
     out_path: Annotated[Path | None, typer.Option("--out", help="Archive to write.")] = None,
-    clips: Annotated[int, typer.Option("--clips", help="Number of clips.")] = 300,
-    seed: Annotated[int, typer.Option("--seed", help="Picks sentences, speakers and splits.")] = 0,
+    clips: Annotated[int, typer.Option("--clips", help="Number of clips.")] = SynthOptions.n_clips,
+    seed: Annotated[
+        int, typer.Option("--seed", help="Picks sentences, speakers and splits.")
+    ] = SynthOptions.seed,
     text: Annotated[list[Path] | None, typer.Option("--text", help="Sentence file (repeatable).")] = None,
-    max_words: Annotated[int, typer.Option("--max-words", help="Longest sentence kept, in words.")] = 14,
-    workers: Annotated[int, typer.Option("--workers", help="Parallel synthesis processes.")] = 2,
+    max_words: Annotated[
+        int, typer.Option("--max-words", help="Longest sentence kept, in words.")
+    ] = SynthOptions.max_words,
+    workers: Annotated[
+        int, typer.Option("--workers", help="Parallel synthesis processes.")
+    ] = SynthOptions.workers,
     engines: Annotated[
         str, typer.Option("--engines", help="Comma-separated engines: espeak-ng, festival.")
-    ] = "espeak-ng,festival",
+    ] = ",".join(ENGINES),
     shared_speakers: Annotated[
         bool, typer.Option("--shared-speakers", help="Same voices in every split (sentences stay disjoint).")
     ] = False,
+    variety: Annotated[
+        bool,
+        typer.Option("--variety", help="A vocal tract per speaker, prosody varied per clip (more voices)."),
+    ] = False,
+    env_file: EnvFileOption = None,
 ) -> None:
     """Speak Italian text with espeak-ng and festival into a Common Voice-format it.tar.gz.
 
     Sentences come from the --text files, or by default from fortunes-it and dsita's extra sentences.
     The archive goes to --out, by default DATA_DIR/sources/it.tar.gz. By default the splits share no voice;
-    --shared-speakers tests unseen sentences in voices heard in training.
+    --shared-speakers tests unseen sentences in voices heard in training. --variety gives each speaker a
+    formant factor of its own (and a word gap or pitch range) and varies speed and pitch per clip, so that
+    speakers of one engine voice differ in timbre too; "voices" counts the distinct timbres.
     """
     from dsita.data.sentences import default_sentences, read_text_files
-    from dsita.data.synth import SynthOptions, synthesize_corpus
+    from dsita.data.synth import SynthVariety, synthesize_corpus
 
-    out_path = out_path or settings_from(ctx).data_dir / "sources" / "it.tar.gz"
+    out_path = out_path or settings_from(ctx, env_file).data_dir / "sources" / "it.tar.gz"
     options = SynthOptions(
         n_clips=clips,
         seed=seed,
@@ -83,20 +98,23 @@ def synth_command(
         workers=workers,
         engines=tuple(e.strip() for e in engines.split(",") if e.strip()),
         shared_speakers=shared_speakers,
+        variety=SynthVariety() if variety else None,
     )
     report = synthesize_corpus(read_text_files(text) if text else default_sentences(), out_path, options)
-    table = Table("split", "clips", "speakers", "engines", "hours")
+    table = Table("split", "clips", "speakers", "voices", "engines", "hours")
     for split, s in report.splits.items():
-        table.add_row(split, str(s.clips), str(s.speakers), ", ".join(s.engines), f"{s.seconds / 3600:.3f}")
+        row = (str(s.clips), str(s.speakers), str(s.voices), ", ".join(s.engines), f"{s.seconds / 3600:.3f}")
+        table.add_row(split, *row)
     out.print(table)
     out.print(
         f"{report.out_path}: {report.size_bytes / 1e6:.1f} MB, {report.hours:.2f} h, "
+        f"{report.speakers} distinct speakers in {report.voices} distinct voices, "
         f"{report.usable_sentences}/{report.candidate_sentences} sentences usable, {report.elapsed_s:.0f} s"
     )
 
 
 OutOption = Annotated[Path | None, typer.Option("--out", help="Output folder (default: DATA_DIR/extracted).")]
-MaxSecsOption = Annotated[float | None, typer.Option("--max-secs", help="Skip longer clips (MAX_SECS).")]
+MaxSecsOption = Annotated[float | None, setting_option("max_secs", "--max-secs")]
 WorkersOption = Annotated[int | None, typer.Option("--workers", min=1, help="Processes (default: CPUs).")]
 
 
@@ -106,15 +124,17 @@ def import_cv_command(
     path: Annotated[Path, typer.Argument(help="Common Voice it.tar.gz or its extracted folder.")],
     out_dir: OutOption = None,
     max_secs: MaxSecsOption = None,
-    sha256: Annotated[str | None, typer.Option("--sha256", help="Expected SHA-256 (CV_SHA256).")] = None,
+    sha256: Annotated[str | None, setting_option("cv_sha256", "--sha256")] = None,
+    sha1: Annotated[str | None, setting_option("cv_sha1", "--sha1")] = None,
     workers: WorkersOption = None,
+    env_file: EnvFileOption = None,
 ) -> None:
     """Import Common Voice into OUT/{train,dev,test}.csv, OUT/clips/*.wav and OUT/skipped.csv."""
-    from dsita.data.clips import ImportOptions
     from dsita.data.commonvoice import import_common_voice
+    from dsita.settings.options import import_options
 
-    settings = settings_from(ctx, max_secs=max_secs, cv_sha256=sha256)
-    options = ImportOptions.from_settings(settings, workers=workers)
+    settings = settings_from(ctx, env_file, max_secs=max_secs, cv_sha256=sha256, cv_sha1=sha1)
+    options = import_options(settings, workers, progress=sys.stderr.isatty())
     _print_import(import_common_voice(path, out_dir or settings.data_dir / "extracted", options))
 
 
@@ -128,13 +148,14 @@ def import_csv_command(
     out_dir: OutOption = None,
     max_secs: MaxSecsOption = None,
     workers: WorkersOption = None,
+    env_file: EnvFileOption = None,
 ) -> None:
     """Import your own corpus into OUT/<split>.csv, OUT/clips/<split>/ and OUT/<split>.skipped.csv."""
-    from dsita.data.clips import ImportOptions
     from dsita.data.own_csv import import_own_csv
+    from dsita.settings.options import import_options
 
-    settings = settings_from(ctx, max_secs=max_secs)
-    options = ImportOptions.from_settings(settings, workers=workers)
+    settings = settings_from(ctx, env_file, max_secs=max_secs)
+    options = import_options(settings, workers, progress=sys.stderr.isatty())
     out_dir = out_dir or settings.data_dir / "extracted"
     _print_import(import_own_csv(table, out_dir, options, audio_column, text_column, split))
 

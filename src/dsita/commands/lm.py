@@ -10,8 +10,10 @@ import typer
 
 from dsita.commands.base import (
     CsvList,
+    EnvFileOption,
     lm_app,
     out,
+    setting_option,
     settings_from,
     split_csvs,
 )
@@ -25,7 +27,7 @@ from dsita.commands.training import (
     ScorerOption,
     TokenBeamOption,
     decoder_options,
-    evaluate_checkpoint,
+    print_evaluation,
 )
 from dsita.errors import DsitaError
 
@@ -45,26 +47,24 @@ def lm_build_command(
             help="CSV whose sentences stay out of the LM (default: DATA_DIR/extracted dev and test)."
         ),
     ] = None,
-    top_k: Annotated[int | None, typer.Option(min=1, help="Vocabulary size (LM_TOP_K).")] = None,
-    memory: Annotated[
-        str | None, typer.Option(help="lmplz -S memory cap: a percentage of RAM or a size (default 85%).")
-    ] = None,
+    top_k: Annotated[int | None, setting_option("lm_top_k", min=1)] = None,
+    memory: Annotated[str | None, setting_option("lm_memory")] = None,
     workers: WorkersOption = None,
+    env_file: EnvFileOption = None,
 ) -> None:
     """Build the KenLM scorer: normalize the corpus, keep the top-k words, lmplz, filter, build_binary."""
-    from dsita.lm.build import LmBuildOptions, build_scorer
+    from dsita.lm.build import build_scorer
     from dsita.lm.corpus import evaluation_sentences
-    from dsita.lm.scorer import default_scorer_dir
-    from dsita.text.alphabet import Alphabet
+    from dsita.settings.options import alphabet_for, lm_build_options, scorer_dir
 
-    settings = settings_from(ctx, lm_top_k=top_k)
+    settings = settings_from(ctx, env_file, lm_top_k=top_k, lm_memory=memory)
     if exclude is None:
         exclude = [
             p for p in split_csvs(settings, None, "dev") + split_csvs(settings, None, "test") if p.is_file()
         ]
-    options = LmBuildOptions.from_settings(settings, memory=memory, workers=workers)
-    out_dir = out_dir or default_scorer_dir(settings)
-    alphabet = Alphabet.for_settings(settings)
+    options = lm_build_options(settings, workers=workers)
+    out_dir = out_dir or scorer_dir(settings)
+    alphabet = alphabet_for(settings)
     report = build_scorer(out_dir, alphabet, options, corpus or None, evaluation_sentences(exclude))
     stats = report.corpus
     out.print(f"corpus: {', '.join(stats.sources)}", markup=False)
@@ -99,25 +99,27 @@ def lm_optimize_command(
     lexicon_free: LexiconFreeOption = False,
     workers: DecodeWorkersOption = None,
     report: ReportOption = None,
+    env_file: EnvFileOption = None,
 ) -> None:
     """Tune alpha and beta on dev WER (Optuna TPE), save them as the scorer's defaults, report test WER.
 
     The study is kept beside the scorer: run the same command again to resume an interrupted search.
     """
     from dsita.evaluation.tune import OptimizeOptions, optimize_checkpoint
-    from dsita.lm.scorer import default_scorer_dir
+    from dsita.settings.options import scorer_dir
 
-    settings = settings_from(ctx, lm_evaluate_range=evaluate_range)
+    settings = settings_from(ctx, env_file, lm_evaluate_range=evaluate_range)
     box = settings.lm_evaluate_range
     if box is None:
         raise DsitaError(
             "LM_EVALUATE_RANGE is empty: set it (or --range) to MAX_ALPHA,MAX_BETA,N_TRIALS, e.g. 5,5,600"
         )
     checkpoint = checkpoint or settings.data_dir / "checkpoints"
-    scorer = scorer or default_scorer_dir(settings)
+    scorer = scorer or scorer_dir(settings)
     decoder = decoder_options(beam_width, beam_threshold, token_beam, lexicon_free)
     options = OptimizeOptions(
-        box.max_alpha, box.max_beta, box.n_trials, decoder, workers or os.cpu_count() or 1, settings.seed
+        box.max_alpha, box.max_beta, box.n_trials, box.pairs, decoder, workers or os.cpu_count() or 1,
+        settings.seed,
     )
     result = optimize_checkpoint(scorer, checkpoint, split_csvs(settings, dev_files, "dev"), options)
     out.print(
@@ -128,6 +130,4 @@ def lm_optimize_command(
     tests = split_csvs(settings, test_files, "test")
     if all(p.is_file() for p in tests):
         folder = checkpoint if checkpoint.is_dir() else checkpoint.parent
-        evaluate_checkpoint(
-            checkpoint, tests, report or folder / "test_report_lm.json", None, scorer, decoder, workers
-        )
+        print_evaluation(checkpoint, tests, folder, scorer, decoder, workers, report)

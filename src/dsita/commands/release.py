@@ -10,6 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from dsita.commands.base import (
+    EnvFileOption,
     app,
     console,
     convert_app,
@@ -35,25 +36,28 @@ def export_command(
     ] = None,
     out_dir: Annotated[Path | None, typer.Option("--out", help="Output folder (default: DATA_DIR).")] = None,
     per_channel: Annotated[bool, typer.Option(help="Per-channel int8 weight scales.")] = False,
+    env_file: EnvFileOption = None,
 ) -> None:
     """Export a checkpoint to ONNX (fp32 and int8) and write it-it.zip, model_it.tar.xz and
     checkpoint_it.tar.xz, with the model card, for release."""
     from dsita.export.onnx import ExportOptions
     from dsita.export.release import make_release
-    from dsita.lm.scorer import MANIFEST, default_scorer_dir
+    from dsita.lm.scorer import MANIFEST
+    from dsita.settings.options import model_info, scorer_dir
 
-    settings = settings_from(ctx)
-    if scorer is None and (default_scorer_dir(settings) / MANIFEST).is_file():
-        scorer = default_scorer_dir(settings)
+    settings = settings_from(ctx, env_file)
+    if scorer is None and (scorer_dir(settings) / MANIFEST).is_file():
+        scorer = scorer_dir(settings)
     if train_files is None:
         train_files = [p for p in split_csvs(settings, None, "train") if p.is_file()]
     report = make_release(
         checkpoint or settings.data_dir / "checkpoints",
         out_dir or settings.data_dir,
-        settings,
+        model_info(settings),
         None if no_scorer else scorer,
         train_files,
         ExportOptions(per_channel=per_channel),
+        settings.to_env_text(),
     )
     for path, size in report.files.items():
         out.print(f"{path}: {size / 1e6:.2f} MB")
@@ -76,14 +80,18 @@ def transcribe_command(
         str | None, typer.Option(help="Raw 16 kHz 16-bit mono PCM to stream from: a file, or - for stdin.")
     ] = None,
     threads: Annotated[int, typer.Option(min=1, help="onnxruntime threads.")] = 1,
+    itn: Annotated[
+        bool, typer.Option("--itn", help="Spoken numbers, dates, times and money as digits.")
+    ] = False,
+    env_file: EnvFileOption = None,
 ) -> None:
     """Transcribe audio files, or a live stream of PCM, with an exported model. No torch needed."""
     from dsita.inference.model import InferenceOptions, load_model
 
     if not files and stream is None:
         raise DsitaError("give audio files to transcribe, or --stream - to read PCM from stdin")
-    settings = settings_from(ctx)
-    options = InferenceOptions(use_lm=not no_lm, beam_width=beam, threads=threads)
+    settings = settings_from(ctx, env_file)
+    options = InferenceOptions(use_lm=not no_lm, beam_width=beam, threads=threads, itn=itn)
     speech = load_model(model or settings.data_dir / "it-it.zip", options)
     if beam is not None and speech.decoding == "greedy":
         console.print("[yellow]note:[/] greedy decoding (no scorer, or --no-lm): --beam has no effect")
@@ -135,6 +143,7 @@ def convert_deepspeech_checkpoint_command(
     alphabet: Annotated[
         Path | None, typer.Option(help="Its alphabet.txt (default: the one beside it, else English).")
     ] = None,
+    env_file: EnvFileOption = None,
 ) -> None:
     """Convert a Mozilla DeepSpeech 0.9 TensorFlow checkpoint into a dsita checkpoint (no TensorFlow).
 
@@ -143,7 +152,7 @@ def convert_deepspeech_checkpoint_command(
     from dsita.convert.deepspeech import convert_deepspeech_checkpoint
     from dsita.text.alphabet import Alphabet
 
-    settings = settings_from(ctx, n_hidden=n_hidden)
+    settings = settings_from(ctx, env_file, n_hidden=n_hidden)
     labels = Alphabet.load(alphabet) if alphabet is not None else None
     report = convert_deepspeech_checkpoint(source, out_dir, settings.n_hidden, labels)
     for line in report.lines():

@@ -1,4 +1,4 @@
-"""Mozilla DeepSpeech 0.9 TensorFlow checkpoints -> dsita checkpoints, without TensorFlow.
+"""Mozilla DeepSpeech 0.9 TensorFlow checkpoints <-> dsita checkpoints, without TensorFlow.
 
 Variable mapping (H = N_HIDDEN; LSTM = cudnn_lstm/rnn/multi_rnn_cell/cell_0/cudnn_compatible_lstm_cell):
     layer_N/weights (in, out)    -> layer_N.weight (out, in), transposed    N = 1, 2, 3, 5, 6
@@ -12,6 +12,12 @@ and its rows split at the input width. DeepSpeech builds the cell with forget_bi
 folded into the forget gate. (A cuDNN-trained checkpoint stores the same layout: TF's saveable sums
 cuDNN's two biases into the one.) Adam slots (`*/Adam`, `*/Adam_1`), beta1_power, beta2_power,
 global_step and learning_rate are training state: read (and CRC-checked) but not converted.
+
+The other way, `write_deepspeech_checkpoint` writes a dsita DeepSpeech model as the checkpoint DeepSpeech
+0.9's training code saves (`best_dev-N` and `best_dev_checkpoint`): the mapping inverted (torch's two LSTM
+biases summed into the one), plus the training state DeepSpeech's loader wants for every variable of its
+training graph: zero Adam moments, beta1_power and beta2_power at Adam's first step, global_step N (dsita's
+step count) and learning_rate. A fresh Adam state, because dsita's optimizer state does not carry over.
 """
 
 from __future__ import annotations
@@ -20,24 +26,41 @@ import logging
 import math
 import re
 import tarfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from dsita.convert.tf_bundle import STATE_FILES, TfCheckpoint, open_tf_checkpoint
+from dsita.convert.tf_bundle import (
+    STATE_FILES,
+    TfCheckpoint,
+    open_tf_checkpoint,
+    write_bundle,
+    write_state_file,
+)
 from dsita.errors import DsitaError
 from dsita.model.base import build_model, count_parameters, model_config_to_dict
 from dsita.model.deepspeech import DeepSpeechConfig
 from dsita.text.alphabet import Alphabet
-from dsita.training.checkpoint import BEST_DEV, LAST, resolve_checkpoint, save_checkpoint
+from dsita.training.checkpoint import (
+    BEST_DEV,
+    LAST,
+    load_checkpoint,
+    model_from_checkpoint,
+    resolve_checkpoint,
+    save_checkpoint,
+)
 
 log = logging.getLogger("dsita.convert.deepspeech")
 
 LSTM_SCOPE = "cudnn_lstm/rnn/multi_rnn_cell/cell_0/cudnn_compatible_lstm_cell"
 DENSE_LAYERS = ("layer_1", "layer_2", "layer_3", "layer_5", "layer_6")
 TF_TO_TORCH_GATES = (0, 2, 1, 3)  # torch's (i, f, g, o) taken from TF's (i, c, f, o)
+TORCH_TO_TF_GATES = (0, 2, 1, 3)  # TF's (i, c, f, o) taken from torch's (i, f, g, o): the same swap
+BEST_DEV_STATE = "best_dev_checkpoint"  # the state file DeepSpeech's best-dev saver writes
+DEEPSPEECH_N_MFCC, DEEPSPEECH_N_CONTEXT = 26, 9  # fixed in DeepSpeech 0.9 (no flags)
 ALPHABET_FILE = "alphabet.txt"
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
 _TRAINING_STATE = re.compile(r".+/Adam(_1)?|beta1_power|beta2_power|global_step|learning_rate")
@@ -253,3 +276,92 @@ def _holds_tf_checkpoint(folder: Path) -> bool:
     return folder.is_dir() and (
         any((folder / name).is_file() for name in STATE_FILES) or any(folder.glob("*.index"))
     )
+
+
+# --- dsita -> DeepSpeech --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TfCheckpointOptions:
+    """The training state written beside the weights: DeepSpeech 0.9's defaults (--learning_rate,
+    --beta1, --beta2)."""
+
+    learning_rate: float = 0.001
+    beta1: float = 0.9
+    beta2: float = 0.999
+
+
+def from_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    """A DeepSpeech model's state_dict as DeepSpeech 0.9's variables, float32: `to_state_dict` inverted."""
+
+    def array(name: str) -> np.ndarray:
+        return state[name].detach().to(torch.float32).cpu().numpy()
+
+    tensors = {}
+    for layer in DENSE_LAYERS:
+        tensors[f"{layer}/bias"] = array(f"{layer}.bias")
+        tensors[f"{layer}/weights"] = np.ascontiguousarray(array(f"{layer}.weight").T)
+    n_hidden = state["lstm.weight_hh_l0"].shape[1]
+    weight = np.concatenate([array("lstm.weight_ih_l0"), array("lstm.weight_hh_l0")], axis=1)
+    tensors[f"{LSTM_SCOPE}/kernel"] = np.ascontiguousarray(_gate_order(weight, n_hidden, TORCH_TO_TF_GATES).T)
+    bias = array("lstm.bias_ih_l0") + array("lstm.bias_hh_l0")
+    tensors[f"{LSTM_SCOPE}/bias"] = _gate_order(bias, n_hidden, TORCH_TO_TF_GATES)
+    return tensors
+
+
+def _gate_order(x: np.ndarray, n_hidden: int, order: tuple[int, ...]) -> np.ndarray:
+    return np.concatenate([x[gate * n_hidden : (gate + 1) * n_hidden] for gate in order])
+
+
+def training_state(
+    variables: Mapping[str, np.ndarray], step: int, options: TfCheckpointOptions
+) -> dict[str, np.ndarray]:
+    """The rest of DeepSpeech's training graph's variables: a fresh Adam state, global_step, learning_rate.
+
+    TF's Adam starts beta1_power and beta2_power at beta1 and beta2 and its moments at zero; DeepSpeech's
+    loader restores every global variable of its graph (learning_rate excepted), so all must be present.
+    """
+    state = {
+        f"{name}/{slot}": np.zeros_like(value)
+        for name, value in variables.items()
+        for slot in ("Adam", "Adam_1")
+    }
+    state["beta1_power"] = np.array(options.beta1, dtype=np.float32)
+    state["beta2_power"] = np.array(options.beta2, dtype=np.float32)
+    state["global_step"] = np.array(step, dtype=np.int64)
+    state["learning_rate"] = np.array(options.learning_rate, dtype=np.float32)
+    return state
+
+
+def write_deepspeech_checkpoint(
+    source: Path, out_dir: Path, options: TfCheckpointOptions = TfCheckpointOptions()
+) -> Path:
+    """Write a dsita DeepSpeech checkpoint (a .pt file, or a folder holding best_dev.pt or last.pt) into
+    `out_dir` as a DeepSpeech 0.9 checkpoint: `best_dev-N.index`, `best_dev-N.data-00000-of-00001`,
+    `best_dev_checkpoint` and `alphabet.txt`, N being dsita's step count. Returns the prefix.
+
+    DeepSpeech loads it with `--load_checkpoint_dir OUT_DIR --n_hidden H --alphabet_config_path
+    OUT_DIR/alphabet.txt` (and `--relu_clip` if the model's is not 20). Only a `deepspeech` model with
+    DeepSpeech's 26 MFCCs and 9 frames of context each side fits DeepSpeech's graph.
+    """
+    path = resolve_checkpoint(source)
+    checkpoint = load_checkpoint(path)
+    model, alphabet = model_from_checkpoint(checkpoint)
+    config = model.config
+    if not isinstance(config, DeepSpeechConfig):
+        raise DsitaError(
+            f"{path}: a {config.ARCHITECTURE} model; only a deepspeech model has a DeepSpeech 0.9 checkpoint"
+        )
+    if (config.n_mfcc, config.n_context) != (DEEPSPEECH_N_MFCC, DEEPSPEECH_N_CONTEXT):
+        raise DsitaError(
+            f"{path}: {config.n_mfcc} MFCCs with {config.n_context} frames of context; "
+            f"DeepSpeech 0.9's graph takes {DEEPSPEECH_N_MFCC} with {DEEPSPEECH_N_CONTEXT}"
+        )
+    step = int((checkpoint.get("train_state") or {}).get("step", 0))
+    variables = from_state_dict(model.state_dict())
+    out_dir.mkdir(parents=True, exist_ok=True)
+    prefix = out_dir / f"best_dev-{step}"
+    write_bundle(prefix, {**variables, **training_state(variables, step, options)})
+    alphabet.save(out_dir / ALPHABET_FILE)
+    write_state_file(out_dir, prefix.name, BEST_DEV_STATE)
+    return prefix

@@ -1,4 +1,4 @@
-"""Read TensorFlow 1 checkpoints (tensor bundles) without TensorFlow, from a folder or a tar archive.
+"""Read and write TensorFlow 1 checkpoints (tensor bundles) without TensorFlow; read from a folder or a tar.
 
 A checkpoint PREFIX is `PREFIX.index` plus the data shards `PREFIX.data-0000K-of-0000N`; a state file
 (`checkpoint`, or DeepSpeech's `best_dev_checkpoint`, tried first as DeepSpeech does) names the prefix.
@@ -16,6 +16,12 @@ The empty key holds a `BundleHeaderProto` (num_shards, endianness, VersionDef); 
 tensor and holds a `BundleEntryProto` (dtype, shape, shard_id, offset, size, masked crc32c, slices), both
 decoded by a minimal protobuf reader. A tensor is `size` raw little-endian bytes at `offset` in its shard.
 Every tensor's CRC-32C is checked as it is read.
+
+`write_bundle` writes what TF's `Saver` (SaveV2, one shard) writes, byte for byte: the tensors in key order,
+back to back, in one data shard; the index as TF's `TableBuilder` lays it out (data blocks cut at 256 KiB,
+a restart every 16 entries, an empty metaindex block, an index block with a restart at every entry whose
+keys are the shortest separators between blocks and the last block's short successor); protobuf fields in
+field order with proto3 defaults left out, except that a scalar's empty shape is written.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ import math
 import re
 import tarfile
 import zlib
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path, PurePosixPath
@@ -36,6 +42,7 @@ import numpy as np
 
 from dsita.convert.crc32c import crc32c, mask
 from dsita.errors import DsitaError
+from dsita.fileio import atomic_write, atomic_write_text
 
 STATE_FILES = ("best_dev_checkpoint", "checkpoint")
 TABLE_MAGIC = 0xDB4775248B80FB57
@@ -397,3 +404,154 @@ def _extract(tar: tarfile.TarFile, member: tarfile.TarInfo) -> IO[bytes]:
     if f is None:
         raise tarfile.TarError(f"{member.name} is not a regular file")
     return f
+
+
+# --- writing --------------------------------------------------------------------------------------------
+
+BUNDLE_VERSION = 1  # TF's kTensorBundleVersion, written as the producer version
+BLOCK_SIZE = 262_144  # TF's table::Options: block_size and block_restart_interval
+RESTART_INTERVAL = 16
+TF_DTYPE_CODES = {np.dtype(name): code for code, name in _TF_DTYPES.items()}
+
+
+def _encode_varint(value: int) -> bytes:
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _field(number: int, value: int | bytes) -> bytes:
+    """One protobuf field: a varint for an int, length-delimited for bytes."""
+    if isinstance(value, int):
+        return _encode_varint(number << 3) + _encode_varint(value)
+    return _encode_varint(number << 3 | 2) + _encode_varint(len(value)) + value
+
+
+def _entry_proto(dtype: int, shape: tuple[int, ...], offset: int, size: int, crc: int) -> bytes:
+    """A BundleEntryProto (shard 0); zero offset and size are proto3 defaults, so they are left out."""
+    dims = b"".join(_field(2, _field(1, dim) if dim else b"") for dim in shape)
+    proto = _field(1, dtype) + _field(2, dims)
+    proto += (_field(4, offset) if offset else b"") + (_field(5, size) if size else b"")
+    return proto + _encode_varint(6 << 3 | 5) + crc.to_bytes(4, "little")  # crc32c: fixed32
+
+
+class _BlockBuilder:
+    """Entries with their keys prefix-compressed against the previous one, and a restart every `interval`."""
+
+    def __init__(self, interval: int) -> None:
+        self._interval = interval
+        self._buffer = bytearray()
+        self._restarts = [0]
+        self._count = 0
+        self._last = b""
+
+    @property
+    def empty(self) -> bool:
+        return not self._buffer
+
+    def size_estimate(self) -> int:
+        return len(self._buffer) + 4 * len(self._restarts) + 4
+
+    def add(self, key: bytes, value: bytes) -> None:
+        shared = 0
+        if self._count < self._interval:
+            limit = min(len(key), len(self._last))
+            while shared < limit and key[shared] == self._last[shared]:
+                shared += 1
+        else:
+            self._restarts.append(len(self._buffer))
+            self._count = 0
+        self._buffer += (
+            _encode_varint(shared) + _encode_varint(len(key) - shared) + _encode_varint(len(value))
+        )
+        self._buffer += key[shared:] + value
+        self._last = key
+        self._count += 1
+
+    def finish(self) -> bytes:
+        restarts = b"".join(offset.to_bytes(4, "little") for offset in self._restarts)
+        return bytes(self._buffer) + restarts + len(self._restarts).to_bytes(4, "little")
+
+
+def _shortest_separator(start: bytes, limit: bytes) -> bytes:
+    """A short key >= start and < limit (TF's FindShortestSeparator)."""
+    common = 0
+    while common < min(len(start), len(limit)) and start[common] == limit[common]:
+        common += 1
+    if common < min(len(start), len(limit)) and start[common] < 0xFF and start[common] + 1 < limit[common]:
+        return start[:common] + bytes([start[common] + 1])
+    return start
+
+
+def _short_successor(key: bytes) -> bytes:
+    """A short key >= key (TF's FindShortSuccessor)."""
+    for i, byte in enumerate(key):
+        if byte != 0xFF:
+            return key[:i] + bytes([byte + 1])
+    return key
+
+
+def write_table(entries: list[tuple[bytes, bytes]]) -> bytes:
+    """A LevelDB-format table of (key, value) entries, keys increasing, as TF's TableBuilder writes it."""
+    out = bytearray()
+
+    def block(builder: _BlockBuilder) -> bytes:
+        contents = builder.finish() + b"\0"  # the trailer's compression type: none
+        handle = _encode_varint(len(out)) + _encode_varint(len(contents) - 1)
+        out.extend(contents + mask(crc32c(contents)).to_bytes(4, "little"))
+        return handle
+
+    data, index = _BlockBuilder(RESTART_INTERVAL), _BlockBuilder(1)
+    pending: bytes | None = None  # the handle of a finished block whose index key waits for the next key
+    last = b""
+    for number, (key, value) in enumerate(entries):
+        if number and key <= last:
+            raise ValueError(f"table keys must increase: {key!r} after {last!r}")
+        if pending is not None:
+            index.add(_shortest_separator(last, key), pending)
+            pending = None
+        last = key
+        data.add(key, value)
+        if data.size_estimate() >= BLOCK_SIZE:
+            pending, data = block(data), _BlockBuilder(RESTART_INTERVAL)
+    if not data.empty:
+        pending = block(data)
+    metaindex = block(_BlockBuilder(RESTART_INTERVAL))
+    if pending is not None:
+        index.add(_short_successor(last), pending)
+    footer = (metaindex + block(index)).ljust(FOOTER_SIZE - 8, b"\0")
+    return bytes(out) + footer + TABLE_MAGIC.to_bytes(8, "little")
+
+
+def write_bundle(prefix: Path, tensors: Mapping[str, np.ndarray]) -> None:
+    """Write `PREFIX.index` and `PREFIX.data-00000-of-00001`: a one-shard bundle of numeric tensors.
+
+    The data shard is written first and the index last, each atomically, so that an index is never seen
+    without its data.
+    """
+    names = sorted(tensors, key=lambda name: name.encode("utf-8"))
+    entries = [(b"", _field(1, 1) + _field(3, _field(1, BUNDLE_VERSION)))]  # one shard, little-endian
+    offset = 0
+    with atomic_write(prefix.parent / f"{prefix.name}.data-00000-of-00001", "wb") as data:
+        for name in names:
+            array = np.asarray(tensors[name])
+            code = TF_DTYPE_CODES.get(array.dtype.newbyteorder("<"))
+            if code is None:
+                raise DsitaError(f"tensor {name}: dtype {array.dtype} has no TensorFlow bundle dtype here")
+            raw = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+            data.write(raw)
+            crc = mask(crc32c(raw))
+            entries.append((name.encode("utf-8"), _entry_proto(code, array.shape, offset, len(raw), crc)))
+            offset += len(raw)
+    with atomic_write(prefix.parent / f"{prefix.name}.index", "wb") as index:
+        index.write(write_table(entries))
+
+
+def write_state_file(folder: Path, prefix_name: str, state_file: str = "checkpoint") -> None:
+    """The CheckpointState text file that names the checkpoint, by a path relative to its folder."""
+    quoted = prefix_name.replace("\\", "\\\\").replace('"', '\\"')
+    text = f'model_checkpoint_path: "{quoted}"\nall_model_checkpoint_paths: "{quoted}"\n'
+    atomic_write_text(folder / state_file, text)

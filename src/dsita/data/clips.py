@@ -21,7 +21,7 @@ from concurrent.futures import (
 )
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import numpy as np
 import soundfile as sf
@@ -36,9 +36,6 @@ from dsita.fileio import atomic_write
 from dsita.text.alphabet import Alphabet
 from dsita.text.normalize import Rejection, normalize
 
-if TYPE_CHECKING:
-    from dsita.settings import Settings
-
 # Skip reasons: one counter each in the report.
 NOT_FOUND = "clip not found"
 UNDECODABLE = "cannot be decoded"
@@ -52,6 +49,7 @@ UNSAFE_PATH = "unsafe clip path"
 DUPLICATE = "duplicate clip"
 UNSAFE_MEMBER = "unsafe archive member"
 LINK_MEMBER = "link or special member"
+BEYOND_LIMIT = "beyond IMPORT_MAX_CLIPS"
 
 BATCH = 4  # clips per worker task: fewer round trips between processes, still balanced at the end
 SILENCE_PEAK = 1e-4  # below about -80 dBFS nothing is audible once written as 16-bit PCM
@@ -60,25 +58,16 @@ SKIPPED_COLUMNS = ("split", "source", "row", "reason", "detail")
 
 @dataclass(frozen=True)
 class ImportOptions:
-    """How to import: transcripts must encode in `alphabet`; `sha256` (hex, optional) is the archive's."""
+    """How to import: transcripts must encode in `alphabet`; `sha256`/`sha1` (hex, optional) are the archive's
+    expected digests; `max_clips` keeps only the first rows of each split (the rest are listed as skipped)."""
 
     alphabet: Alphabet
     max_secs: float = 10.0
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
     sha256: str = ""
+    sha1: str = ""
+    max_clips: int | None = None
     progress: bool = True
-
-    @classmethod
-    def from_settings(
-        cls, settings: Settings, workers: int | None = None, progress: bool = True
-    ) -> ImportOptions:
-        return cls(
-            alphabet=Alphabet.for_settings(settings),
-            max_secs=settings.max_secs,
-            workers=workers or os.cpu_count() or 1,
-            sha256=settings.cv_sha256.lower(),
-            progress=progress,
-        )
 
 
 @dataclass(frozen=True)

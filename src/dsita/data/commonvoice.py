@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import logging
 import re
 import shutil
 import tarfile
@@ -28,6 +29,7 @@ from pathlib import Path, PurePosixPath
 from typing import IO
 
 from dsita.data.clips import (
+    BEYOND_LIMIT,
     DUPLICATE,
     LINK_MEMBER,
     UNSAFE_MEMBER,
@@ -46,8 +48,11 @@ from dsita.data.clips import (
     read_table,
 )
 from dsita.errors import DsitaError
+from dsita.progress import Progress
 
+log = logging.getLogger("dsita.data")
 SPLITS = ("train", "dev", "test")
+DIGEST_NAMES = {"sha256": "SHA-256", "sha1": "SHA-1"}
 PRIORITY = ("test", "dev", "train")  # where a clip listed in several splits is kept
 TSV_NAMES = {f"{split}.tsv": split for split in SPLITS}
 MB = 1e6
@@ -63,13 +68,14 @@ def import_common_voice(path: str | Path, out_dir: str | Path, options: ImportOp
     if not path.exists():
         raise DsitaError(f"{path}: not found; expected a Common Voice it.tar.gz or its extracted folder")
     notes = []
+    digests = {name: value for name, value in (("sha256", options.sha256), ("sha1", options.sha1)) if value}
     if path.is_dir():
-        if options.sha256:
-            notes.append(f"SHA-256 not checked: {path} is a folder, not the archive")
+        for name in digests:
+            notes.append(f"{DIGEST_NAMES[name]} not checked: {path} is a folder, not the archive")
         tables, entries, skips, outcomes = _import_folder(path, out_dir, options)
     else:
-        if options.sha256:
-            verify_sha256(path, options.sha256, options.progress)
+        for name, expected in digests.items():
+            verify_digest(path, name, expected, options.progress)
         tables, entries, skips, outcomes = _import_archive(path, out_dir, options)
     missing = [f"{split}.tsv" for split in SPLITS if split not in tables]
     if missing:
@@ -79,15 +85,20 @@ def import_common_voice(path: str | Path, out_dir: str | Path, options: ImportOp
     return finish_import(report, entries, outcomes, skips)
 
 
-def verify_sha256(path: Path, expected: str, show_progress: bool) -> None:
-    digest = hashlib.sha256()
-    with make_progress(show_progress) as progress, open(path, "rb") as f:
-        task = progress.add_task(f"checking {path.name} (MB)", total=path.stat().st_size / MB)
+def verify_digest(path: Path, algorithm: str, expected: str, show_progress: bool) -> None:
+    """Stop unless the file's `algorithm` (sha256, sha1) digest is `expected` (hex)."""
+    digest = hashlib.new(algorithm)
+    with Progress(show_progress, log) as progress, open(path, "rb") as f:
+        size = path.stat().st_size / MB
+        task = progress.task(f"checking the {DIGEST_NAMES[algorithm]} of {path.name}", size, "MB")
         while chunk := f.read(1 << 20):
             digest.update(chunk)
-            progress.advance(task, len(chunk) / MB)
+            task.advance(len(chunk) / MB)
     if digest.hexdigest() != expected.lower():
-        raise DsitaError(f"{path}: SHA-256 mismatch: expected {expected.lower()}, got {digest.hexdigest()}")
+        raise DsitaError(
+            f"{path}: {DIGEST_NAMES[algorithm]} mismatch: expected {expected.lower()}, "
+            f"got {digest.hexdigest()}"
+        )
 
 
 def _entries(tables: Tables, out_dir: Path, options: ImportOptions) -> tuple[list[Entry], list[Skip]]:
@@ -103,6 +114,9 @@ def _entries(tables: Tables, out_dir: Path, options: ImportOptions) -> tuple[lis
         if missing:
             raise DsitaError(f"{where}: no {' or '.join(missing)} column; columns found: {', '.join(header)}")
         skips += row_skips
+        if options.max_clips is not None:  # a fixed subset: the first rows of the table (FAST_TRAIN)
+            skips += [Skip(split, source, row, BEYOND_LIMIT, "") for row, _ in rows[options.max_clips :]]
+            rows = rows[: options.max_clips]
         for row, fields in rows:
             name = fields["path"].strip()
             if not SAFE_NAME.fullmatch(name):

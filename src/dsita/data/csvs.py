@@ -8,10 +8,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from dsita.audio import SAMPLE_RATE
 from dsita.errors import DsitaError
 from dsita.fileio import atomic_write
 
 COLUMNS = ("wav_filename", "wav_filesize", "transcript")
+WAV_HEADER_BYTES = 44
 
 
 @dataclass(frozen=True)
@@ -22,6 +24,13 @@ class Sample:
     wav_filesize: int
     transcript: str
     duration: float | None = None
+
+
+def sample_duration(sample: Sample) -> float:
+    """Seconds of audio: the CSV's duration column, else estimated from a 16 kHz 16-bit mono WAV's size."""
+    if sample.duration is not None:
+        return sample.duration
+    return max(sample.wav_filesize - WAV_HEADER_BYTES, 0) / (2 * SAMPLE_RATE)
 
 
 def read_csv(path: str | Path) -> list[Sample]:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import math
-from collections.abc import Iterator, Sequence
+import itertools
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,9 +27,11 @@ from dsita.errors import AudioLoadingError, DsitaError
 from dsita.fileio import atomic_write
 from dsita.text.alphabet import Alphabet
 
-WAV_HEADER_BYTES = 44
 # Kaldi's three speeds: 1.0 is the share of clips that speed perturbation leaves alone (1 - its probability).
 SPEED_FACTORS = (0.9, 1.1)
+# A per-clip augmentation run in the DataLoader workers after speed perturbation (tempo, codecs): it draws
+# from torch's RNG, which is seeded per worker, and may change the clip's length.
+ClipTransform = Callable[[Tensor], Tensor]
 
 
 def load_samples(csv_paths: Sequence[str | Path], alphabet: Alphabet) -> list[Sample]:
@@ -53,13 +55,6 @@ def load_samples(csv_paths: Sequence[str | Path], alphabet: Alphabet) -> list[Sa
     return samples
 
 
-def sample_duration(sample: Sample) -> float:
-    """Seconds of audio: the CSV's duration column, else estimated from a 16 kHz 16-bit mono WAV's size."""
-    if sample.duration is not None:
-        return sample.duration
-    return max(sample.wav_filesize - WAV_HEADER_BYTES, 0) / (2 * SAMPLE_RATE)
-
-
 @dataclass(frozen=True)
 class Item:
     inputs: Tensor  # (samples,) waveform, or (frames, n_features) cached features
@@ -77,14 +72,16 @@ class Batch:
     are_features: bool
 
     def to(self, device: torch.device) -> Batch:
-        return Batch(
-            self.inputs.to(device, non_blocking=True),
-            self.input_lengths.to(device),
-            self.targets.to(device),
-            self.target_lengths.to(device),
-            self.indices,
-            self.are_features,
-        )
+        """The batch on `device`; the copies do not wait for the device (pinned memory makes them async)."""
+        return self._map(lambda x: x.to(device, non_blocking=True))
+
+    def pin_memory(self) -> Batch:
+        """The batch in page-locked memory: DataLoader's `pin_memory=True` calls this on custom batches."""
+        return self._map(lambda x: x.pin_memory())
+
+    def _map(self, move: Callable[[Tensor], Tensor]) -> Batch:
+        tensors = (self.inputs, self.input_lengths, self.targets, self.target_lengths)
+        return Batch(*(move(x) for x in tensors), self.indices, self.are_features)
 
 
 class FeatureCache:
@@ -150,27 +147,45 @@ class SpeechDataset(Dataset[Item]):
         alphabet: Alphabet,
         feature_cache: FeatureCache | None = None,
         speed_perturb_prob: float = 0.0,
+        clip_transforms: Sequence[ClipTransform] = (),
+        seed: int = 0,
     ) -> None:
-        if feature_cache is not None and speed_perturb_prob > 0:
-            raise DsitaError("speed perturbation changes the audio each epoch and cannot use a feature cache")
+        if feature_cache is not None and (speed_perturb_prob > 0 or clip_transforms):
+            raise DsitaError(
+                "speed, tempo and codec augmentation change the audio each epoch "
+                "and cannot use a feature cache"
+            )
         self.samples = list(samples)
         self.alphabet = alphabet
         self.feature_cache = feature_cache
         self.speed_perturb_prob = speed_perturb_prob
+        self.clip_transforms = tuple(clip_transforms)
+        self.seed = seed
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> Item:
+    def __getitem__(self, key: int | tuple[int, int]) -> Item:
+        """The clip at `key`: an index, or (index, epoch) from a `BucketBatchSampler`, which fixes its
+        augmentation draws whatever process or worker loads it, so that a resumed run draws the same."""
+        index, epoch = key if isinstance(key, tuple) else (key, 0)
+        if not (self.speed_perturb_prob > 0 or self.clip_transforms):
+            return self._load(index)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(item_seed(self.seed, epoch, index))
+            return self._load(index)
+
+    def _load(self, index: int) -> Item:
         sample = self.samples[index]
         targets = torch.tensor(self.alphabet.encode(sample.transcript), dtype=torch.long)
         if self.feature_cache is not None:
             return Item(self.feature_cache.features(sample.wav_path), targets, index)
         audio = read_wav(sample.wav_path)
-        # torch's RNG is seeded per DataLoader worker, so this draw is reproducible for a given seed.
         if self.speed_perturb_prob > 0 and torch.rand(()) < self.speed_perturb_prob:
             factor = SPEED_FACTORS[int(torch.randint(len(SPEED_FACTORS), ()))]
             audio = speed_perturb(audio, factor)
+        for transform in self.clip_transforms:
+            audio = transform(audio)
         return Item(audio, targets, index)
 
 
@@ -189,15 +204,29 @@ def collate(items: Sequence[Item]) -> Batch:
     )
 
 
-class BucketBatchSampler(Sampler[list[int]]):
-    """Batches of clips of similar duration, in an order fixed by (seed, epoch).
+def item_seed(seed: int, epoch: int, index: int) -> int:
+    """The seed of one clip's augmentation draws in one epoch."""
+    return ((seed * 1_000_003 + epoch) * 1_000_033 + index) & ((1 << 63) - 1)
+
+
+def ctc_steps_needed(labels: Sequence[int]) -> int:
+    """Output steps CTC needs for a label sequence: one per label, plus a blank between two equal labels."""
+    return len(labels) + sum(a == b for a, b in itertools.pairwise(labels))
+
+
+class BucketBatchSampler(Sampler[list[tuple[int, int]]]):
+    """Batches of clips of similar duration, in an order fixed by (seed, epoch), as (index, epoch) keys.
 
     Shuffled mode: a seeded permutation is cut into pools of `pool_batches` batches; each pool is sorted by
-    duration and cut into batches, and all batches are shuffled. Padding stays small, yet batches differ
-    between epochs. `sort_by_size` gives DeepSpeech's fixed shortest-first order instead.
+    duration and cut into batches, which are grouped `num_replicas` neighbours at a time into steps, and the
+    steps are shuffled. Padding stays small, batches differ between epochs, and under DDP the ranks of one
+    step get batches of about the same length, so none waits long for the others. `sort_by_size` gives
+    DeepSpeech's fixed shortest-first order instead.
 
-    Under DDP every rank gets the same number of batches (the list is padded by repeating its start), and
-    `start_batch` skips batches already trained when resuming mid-epoch.
+    A batch holds `batch_size` clips, or with `batch_seconds` as many as fit that much padded audio
+    (clips x the longest): memory then stays even across batches. Every rank gets the same number of batches
+    (the last step is filled by repeating the first), and `start_batch` skips batches already trained when
+    resuming mid-epoch.
     """
 
     def __init__(
@@ -209,9 +238,11 @@ class BucketBatchSampler(Sampler[list[int]]):
         num_replicas: int = 1,
         rank: int = 0,
         pool_batches: int = 50,
+        batch_seconds: float | None = None,
     ) -> None:
         self.durations = np.asarray(durations, dtype=np.float64)
         self.batch_size = batch_size
+        self.batch_seconds = batch_seconds
         self.seed = seed
         self.sort_by_size = sort_by_size
         self.num_replicas = num_replicas
@@ -221,33 +252,51 @@ class BucketBatchSampler(Sampler[list[int]]):
         self.start_batch = 0
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Deal the batches of `epoch`, from batch `start_batch` of this rank on."""
         self.epoch = epoch
         self.start_batch = start_batch
 
+    def _cut(self, order: np.ndarray) -> list[list[int]]:
+        """Consecutive clips of `order` (sorted by duration) into batches."""
+        if self.batch_seconds is None:
+            return [order[i : i + self.batch_size].tolist() for i in range(0, len(order), self.batch_size)]
+        batches: list[list[int]] = []
+        current: list[int] = []
+        for index in order.tolist():
+            longest = max(self.durations[current[0]], self.durations[index]) if current else 0.0
+            if current and longest * (len(current) + 1) > self.batch_seconds:
+                batches.append(current)
+                current = []
+            current.append(index)
+        return [*batches, current] if current else batches
+
     def epoch_batches(self, epoch: int) -> list[list[int]]:
-        """This rank's batches for an epoch, in order."""
-        n = len(self.durations)
+        """This rank's batches for an epoch, in order, as clip indices."""
+        n, replicas = len(self.durations), self.num_replicas
         if self.sort_by_size:
-            order = np.argsort(self.durations, kind="stable")
-            batches = [order[i : i + self.batch_size].tolist() for i in range(0, n, self.batch_size)]
+            steps = _group(self._cut(np.argsort(self.durations, kind="stable")), replicas)
         else:
             rng = np.random.default_rng([self.seed, epoch])
             permutation = rng.permutation(n)
             pool = self.batch_size * self.pool_batches
-            batches = []
+            steps = []
             for start in range(0, n, pool):
                 chunk = permutation[start : start + pool]
-                chunk = chunk[np.argsort(self.durations[chunk], kind="stable")]
-                batches += [
-                    chunk[i : i + self.batch_size].tolist() for i in range(0, len(chunk), self.batch_size)
-                ]
-            batches = [batches[i] for i in rng.permutation(len(batches))]
-        per_rank = math.ceil(len(batches) / self.num_replicas) if batches else 0
-        batches = [batches[i % len(batches)] for i in range(per_rank * self.num_replicas)]
-        return batches[self.rank :: self.num_replicas]
+                steps += _group(self._cut(chunk[np.argsort(self.durations[chunk], kind="stable")]), replicas)
+            steps = [steps[i] for i in rng.permutation(len(steps))]
+        return [step[self.rank] for step in steps]
 
-    def __iter__(self) -> Iterator[list[int]]:
-        yield from self.epoch_batches(self.epoch)[self.start_batch :]
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        for batch in self.epoch_batches(self.epoch)[self.start_batch :]:
+            yield [(index, self.epoch) for index in batch]
 
     def __len__(self) -> int:
         return max(len(self.epoch_batches(self.epoch)) - self.start_batch, 0)
+
+
+def _group(batches: list[list[int]], size: int) -> list[list[list[int]]]:
+    """Neighbouring batches `size` at a time; the last group is filled from the first batches."""
+    if not batches:
+        return []
+    padded = batches + [batches[i % len(batches)] for i in range(-len(batches) % size)]
+    return [padded[i : i + size] for i in range(0, len(padded), size)]

@@ -9,6 +9,12 @@ differ from the other splits' by speaking rate and pitch only.
 `shared_speakers` instead has every split spoken by one pool of speakers (sentences stay disjoint): a test
 of unseen sentences in voices the model heard. With `engines` limited to one engine, two archives give a
 leave-one-engine-out benchmark: train on espeak-ng variants, test on the festival voices.
+
+With `variety` (a `SynthVariety`), each speaker also gets a vocal tract of its own, a formant factor baked
+into its clips after synthesis (`dsita.data.speaker.formant_shift`), and an espeak-ng word gap or a festival
+pitch range; and each clip varies its speaker's speed, pitch and (espeak-ng) amplitude a little, as a person
+does from one sentence to the next. Speakers that share an engine voice then differ in timbre, not only in
+speed and pitch: the report counts these distinct voices.
 """
 
 from __future__ import annotations
@@ -26,13 +32,13 @@ import tempfile
 import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 
-from dsita.audio import to_mono_16k
+from dsita.audio import SAMPLE_RATE, to_mono_16k
 from dsita.data.sentences import Sentence, prepare_sentences
 from dsita.errors import DsitaError
 from dsita.fileio import atomic_write
@@ -58,6 +64,11 @@ ESPEAK_WORDS_PER_MINUTE = (140, 195)
 ESPEAK_PITCH = (30, 70)  # espeak-ng's 0-99 scale; 50 is the voice's own
 FESTIVAL_RATE = (0.85, 1.2)  # speaking rate relative to the voice's own
 FESTIVAL_PITCH = (0.85, 1.25)  # factor on the voice's F0 targets
+# The F0 about which a festival pitch range scales each voice's intonation: lp_diphone speaks with the
+# Italian module's female targets (220 to 180 Hz), pc_diphone with the male ones (140 to 60 Hz).
+FESTIVAL_F0_CENTRE = {"lp_diphone": 200.0, "pc_diphone": 100.0}
+ESPEAK_PITCH_LIMITS = (0, 99)
+FORMANT_JND = 0.04  # listeners tell formant frequencies apart from about 3-5 % (Flanagan, 1955)
 
 SPLITS = ("train", "dev", "test")
 CORPUS_DIR = "cv-corpus-synth-it"
@@ -82,6 +93,32 @@ _READ_AS_NORMALIZED = re.compile(r"[0-9%€$£&+=°§×]")
 
 
 @dataclass(frozen=True)
+class SynthVariety:
+    """Ranges of the per-speaker voice transforms and the per-clip prosody, for more distinct speakers.
+
+    Factors are drawn log-uniformly, the rest uniformly. A formant factor above 1 is a shorter vocal tract
+    (formants higher, as a child's or a smaller adult's), below 1 a longer one.
+    """
+
+    formant: tuple[float, float] = (0.87, 1.15)  # per speaker: factor on the spectral envelope
+    espeak_word_gap: tuple[int, int] = (0, 4)  # per speaker: espeak-ng -g, pause between words in 10 ms
+    festival_pitch_range: tuple[float, float] = (0.6, 1.5)  # per speaker: intonation range around its F0
+    speed: tuple[float, float] = (0.92, 1.08)  # per clip: factor on the speaker's speed
+    pitch: tuple[float, float] = (0.94, 1.06)  # per clip: factor on the speaker's pitch
+    espeak_amplitude: tuple[int, int] = (70, 130)  # per clip: espeak-ng -a (100: its own)
+
+    def __post_init__(self) -> None:
+        for name in ("formant", "festival_pitch_range", "speed", "pitch"):
+            low, high = getattr(self, name)
+            if not 0 < low <= high:
+                raise DsitaError(f"variety {name} {(low, high)}: need 0 < min <= max")
+        for name, (lowest, highest) in (("espeak_word_gap", (0, 100)), ("espeak_amplitude", (1, 200))):
+            low, high = getattr(self, name)
+            if not lowest <= low <= high <= highest:
+                raise DsitaError(f"variety {name} {(low, high)}: need {lowest} <= min <= max <= {highest}")
+
+
+@dataclass(frozen=True)
 class SynthOptions:
     """What to generate. Sentences have `min_words`..`max_words` words once normalized."""
 
@@ -94,6 +131,7 @@ class SynthOptions:
     max_words: int = 14
     workers: int = 2
     shared_speakers: bool = False  # every split drawn from the same speakers (sentences still disjoint)
+    variety: SynthVariety | None = None  # None: engine voices, speeds and pitches only, as before
 
     def __post_init__(self) -> None:
         if self.n_clips < 1 or self.clips_per_speaker < 1 or self.workers < 1:
@@ -111,20 +149,44 @@ class SynthOptions:
 @dataclass(frozen=True)
 class Speaker:
     """One voice setting. `speed`: espeak-ng words per minute, or festival rate factor; `pitch`: espeak-ng
-    0-99, or festival F0 factor."""
+    0-99, or festival F0 factor; `formant`: factor on the spectral envelope, applied after synthesis;
+    `word_gap`: espeak-ng's pause between words (10 ms units); `pitch_range`: festival's intonation range."""
 
     engine: str
     voice: str
     speed: float
     pitch: float
+    formant: float = 1.0
+    word_gap: int = 0
+    pitch_range: float = 1.0
 
     @property
     def key(self) -> str:
-        return f"{self.engine}:{self.voice}:speed={self.speed:g}:pitch={self.pitch:g}"
+        key = f"{self.engine}:{self.voice}:speed={self.speed:g}:pitch={self.pitch:g}"
+        # Only settings away from the engine's own, so that plain speakers keep their keys (and client ids).
+        for name, neutral in (("formant", 1.0), ("word_gap", 0), ("pitch_range", 1.0)):
+            if getattr(self, name) != neutral:
+                key += f":{name}={getattr(self, name):g}"
+        return key
+
+    @property
+    def timbre(self) -> tuple[str, str, int]:
+        """What tells voices apart beyond speed and pitch: the engine voice, and the vocal tract in steps of
+        a just noticeable difference (formant factors 4 % apart or less sound alike)."""
+        return self.engine, self.voice, round(math.log(self.formant) / math.log(1 + FORMANT_JND))
 
     @property
     def client_id(self) -> str:
         return hashlib.sha512(self.key.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Prosody:
+    """One clip's variation on its speaker: factors on speed and pitch, and espeak-ng's amplitude."""
+
+    speed: float = 1.0
+    pitch: float = 1.0
+    amplitude: int = 100
 
 
 @dataclass(frozen=True)
@@ -133,14 +195,16 @@ class PlannedClip:
     filename: str
     sentence: Sentence
     speaker: Speaker
+    prosody: Prosody = Prosody()
 
 
 @dataclass(frozen=True)
 class SplitStats:
     clips: int
-    speakers: int
+    speakers: int  # distinct voice settings (client ids)
     engines: tuple[str, ...]
     seconds: float
+    voices: int = 0  # distinct timbres: engine voice and vocal tract, in noticeable steps (`Speaker.timbre`)
 
 
 @dataclass(frozen=True)
@@ -151,6 +215,9 @@ class SynthReport:
     usable_sentences: int
     splits: dict[str, SplitStats]
     elapsed_s: float
+
+    speakers: int = 0  # distinct speakers in the whole corpus
+    voices: int = 0  # distinct timbres in the whole corpus
 
     @property
     def hours(self) -> float:
@@ -189,7 +256,7 @@ def plan_speakers(
         for index in range(n_speakers):
             engine = options.engines[index % len(options.engines)]
             nth = index // len(options.engines)
-            pool.append(_draw_new_speaker(engine, nth, variants, {s.key for s in pool}, rng))
+            pool.append(_draw_new_speaker(engine, nth, variants, {s.key for s in pool}, rng, options.variety))
         return dict.fromkeys(SPLITS, pool)
     n_dev, n_test = (max(1, round(len(variants) * f)) for f in options.split_fractions[1:])
     variant_pools = {
@@ -205,14 +272,19 @@ def plan_speakers(
         for index in range(n_speakers):
             engine = options.engines[index % len(options.engines)]
             nth = index // len(options.engines)
-            speaker = _draw_new_speaker(engine, nth, variant_pools[split], taken, rng)
+            speaker = _draw_new_speaker(engine, nth, variant_pools[split], taken, rng, options.variety)
             taken.add(speaker.key)
             speakers[split].append(speaker)
     return speakers
 
 
 def _draw_new_speaker(
-    engine: str, nth: int, variants: list[str], taken: set[str], rng: random.Random
+    engine: str,
+    nth: int,
+    variants: list[str],
+    taken: set[str],
+    rng: random.Random,
+    variety: SynthVariety | None,
 ) -> Speaker:
     for _ in range(1000):
         if engine == ESPEAK:
@@ -229,9 +301,34 @@ def _draw_new_speaker(
                 round(rng.uniform(*FESTIVAL_RATE), 2),
                 round(rng.uniform(*FESTIVAL_PITCH), 2),
             )
+        if variety is not None:
+            speaker = _with_voice_transforms(speaker, variety, rng)
         if speaker.key not in taken:
             return speaker
     raise DsitaError(f"ran out of distinct {engine} voice settings; raise the clips per speaker")
+
+
+def _log_uniform(rng: random.Random, low: float, high: float) -> float:
+    return math.exp(rng.uniform(math.log(low), math.log(high)))
+
+
+def _with_voice_transforms(speaker: Speaker, variety: SynthVariety, rng: random.Random) -> Speaker:
+    """The speaker with a vocal tract of its own, and a word gap (espeak-ng) or a pitch range (festival)."""
+    formant = round(_log_uniform(rng, *variety.formant), 3)
+    if speaker.engine == ESPEAK:
+        return replace(speaker, formant=formant, word_gap=rng.randint(*variety.espeak_word_gap))
+    return replace(
+        speaker, formant=formant, pitch_range=round(_log_uniform(rng, *variety.festival_pitch_range), 2)
+    )
+
+
+def draw_prosody(variety: SynthVariety, rng: random.Random) -> Prosody:
+    """One clip's variation on its speaker's speed, pitch and amplitude."""
+    return Prosody(
+        speed=round(_log_uniform(rng, *variety.speed), 3),
+        pitch=round(_log_uniform(rng, *variety.pitch), 3),
+        amplitude=rng.randint(*variety.espeak_amplitude),
+    )
 
 
 def plan_corpus(sentences: Sequence[Sentence], options: SynthOptions) -> list[PlannedClip]:
@@ -250,9 +347,10 @@ def plan_corpus(sentences: Sequence[Sentence], options: SynthOptions) -> list[Pl
     for split, size in zip(SPLITS, sizes, strict=True):
         for index, sentence in enumerate(chosen[start : start + size]):
             speaker = speakers[split][index % len(speakers[split])]
-            clips.append(
-                PlannedClip(split, f"common_voice_it_{CLIP_ID_BASE + len(clips)}.mp3", sentence, speaker)
-            )
+            # Drawn last, so that sentences and speakers are those of the same seed without variety.
+            prosody = draw_prosody(options.variety, rng) if options.variety is not None else Prosody()
+            filename = f"common_voice_it_{CLIP_ID_BASE + len(clips)}.mp3"
+            clips.append(PlannedClip(split, filename, sentence, speaker, prosody))
         start += size
     return clips
 
@@ -268,33 +366,46 @@ def spoken_text(sentence: Sentence) -> str:
     return sentence.normalized if _READ_AS_NORMALIZED.search(plain) else plain
 
 
-def festival_setup(speaker: Speaker) -> str:
-    """Scheme run before synthesis: the voice, its rate, and its own F0 target function scaled by `pitch`."""
+def festival_setup(speaker: Speaker, prosody: Prosody = Prosody()) -> str:
+    """Scheme run before synthesis: the voice, its rate, and its own F0 target function scaled by `pitch`,
+    its excursions from the voice's centre F0 scaled by `pitch_range`."""
+    pitch = speaker.pitch * prosody.pitch
+    f0 = "(cadr point)"
+    if speaker.pitch_range != 1.0:
+        centre = FESTIVAL_F0_CENTRE[speaker.voice]
+        f0 = f"(* {centre:g} (pow (/ {f0} {centre:g}) {speaker.pitch_range:g}))"
     return (
-        f"(begin (voice_{speaker.voice}) (Parameter.set 'Duration_Stretch {1 / speaker.speed:.4f}) "
+        f"(begin (voice_{speaker.voice}) "
+        f"(Parameter.set 'Duration_Stretch {1 / (speaker.speed * prosody.speed):.4f}) "
         "(set! dsita_voice_targ_func (cadr (assoc 'targ_func int_general_params))) "
         "(set! int_general_params (list (list 'targ_func (lambda (utt syl) (mapcar (lambda (point) "
-        f"(list (car point) (* {speaker.pitch:g} (cadr point)))) (dsita_voice_targ_func utt syl)))))))"
+        f"(list (car point) (* {pitch:g} {f0}))) (dsita_voice_targ_func utt syl)))))))"
     )
 
 
-def synthesize_speech(speaker: Speaker, text: str, wav_path: Path) -> tuple[np.ndarray, int]:
+def espeak_command(speaker: Speaker, prosody: Prosody, text: str, wav_path: Path) -> list[str]:
+    """espeak-ng's command line; word gap and amplitude only where they differ from espeak-ng's own."""
+    low, high = ESPEAK_PITCH_LIMITS
+    pitch = min(high, max(low, round(speaker.pitch * prosody.pitch)))
+    command = ["espeak-ng", "-v", f"it+{speaker.voice}", "-s", f"{round(speaker.speed * prosody.speed)}"]
+    command += ["-p", f"{pitch}"]
+    if speaker.word_gap:
+        command += ["-g", str(speaker.word_gap)]
+    if prosody.amplitude != Prosody().amplitude:
+        command += ["-a", str(prosody.amplitude)]
+    return [*command, "-w", str(wav_path), "--", text]
+
+
+def synthesize_speech(
+    speaker: Speaker, text: str, wav_path: Path, prosody: Prosody = Prosody()
+) -> tuple[np.ndarray, int]:
     """Run the engine into `wav_path`; return its mono audio and rate, or raise if it is empty or silent."""
     if speaker.engine == ESPEAK:
-        command = [
-            "espeak-ng",
-            "-v",
-            f"it+{speaker.voice}",
-            "-s",
-            f"{speaker.speed:g}",
-            "-p",
-            f"{speaker.pitch:g}",
-        ]
-        command += ["-w", str(wav_path), "--", text]
+        command = espeak_command(speaker, prosody, text, wav_path)
         stdin = b""
     else:
         # festival reads Latin-1; UTF-8 input gives an empty WAV and exit status 0.
-        command = ["text2wave", "-eval", festival_setup(speaker), "-o", str(wav_path), "-"]
+        command = ["text2wave", "-eval", festival_setup(speaker, prosody), "-o", str(wav_path), "-"]
         stdin = text.encode("latin-1")
     result = subprocess.run(command, input=stdin, capture_output=True, timeout=300, check=False)
     failure = f"{speaker.key} failed on {text!r}"
@@ -316,20 +427,34 @@ def synthesize_speech(speaker: Speaker, text: str, wav_path: Path) -> tuple[np.n
 def render_clip(clip: PlannedClip, workdir: Path) -> tuple[bytes, float]:
     """The clip as 48 kHz mono MP3 bytes, and its duration in seconds."""
     text = spoken_text(clip.sentence)
+    wav_path = workdir / f"{clip.filename}.wav"
     try:
-        audio, rate = synthesize_speech(clip.speaker, text, workdir / f"{clip.filename}.wav")
+        audio, rate = synthesize_speech(clip.speaker, text, wav_path, clip.prosody)
     except DsitaError:
         if text == clip.sentence.normalized:
             raise
         # festival's intonation rules crash on a few punctuated sentences (SIOD "wrong type of argument",
         # exit status 0, empty WAV); the transcript itself, without punctuation, reads fine.
-        audio, rate = synthesize_speech(
-            clip.speaker, clip.sentence.normalized, workdir / f"{clip.filename}.wav"
-        )
+        audio, rate = synthesize_speech(clip.speaker, clip.sentence.normalized, wav_path, clip.prosody)
+    if clip.speaker.formant != 1.0:
+        audio, rate = apply_vocal_tract(audio, rate, clip.speaker.formant), SAMPLE_RATE
     audio = np.clip(to_mono_16k(audio, rate, CV_SAMPLE_RATE), -1.0, 1.0)
     buffer = io.BytesIO()
     sf.write(buffer, audio, CV_SAMPLE_RATE, **MP3_OPTIONS)
     return buffer.getvalue(), len(audio) / CV_SAMPLE_RATE
+
+
+def apply_vocal_tract(audio: np.ndarray, rate: int, formant: float) -> np.ndarray:
+    """The engine's output at 16 kHz (the rate models hear) with its spectral envelope moved by `formant`."""
+    # Imported here: the CLI imports this module for its options, and torch takes a second to load.
+    import torch
+
+    from dsita.data.speaker import formant_shift
+
+    clip = torch.from_numpy(np.ascontiguousarray(to_mono_16k(audio, rate)))
+    with torch.no_grad():
+        moved = formant_shift(clip[None], torch.tensor([clip.numel()]), torch.tensor([formant]))[0]
+    return moved.numpy()
 
 
 def tsv_bytes(rows: Iterable[Sequence[str]], header: Sequence[str]) -> bytes:
@@ -416,7 +541,15 @@ def synthesize_corpus(sentences: Sequence[str], out_path: str | Path, options: S
             speakers=len({c.speaker for c in in_split}),
             engines=tuple(e for e in options.engines if any(c.speaker.engine == e for c in in_split)),
             seconds=sum(durations[c.filename] for c in in_split),
+            voices=len({c.speaker.timbre for c in in_split}),
         )
     return SynthReport(
-        out_path, out_path.stat().st_size, len(sentences), len(usable), splits, time.monotonic() - started
+        out_path,
+        out_path.stat().st_size,
+        len(sentences),
+        len(usable),
+        splits,
+        time.monotonic() - started,
+        speakers=len({c.speaker for c in clips}),
+        voices=len({c.speaker.timbre for c in clips}),
     )

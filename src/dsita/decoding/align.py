@@ -19,7 +19,7 @@ def _log(x: np.ndarray) -> np.ndarray:
         return np.log(x)
 
 
-def align(logits: np.ndarray, text: str, alphabet: Alphabet) -> Transcript:
+def align(logits: np.ndarray, text: str, alphabet: Alphabet, step_seconds: float) -> Transcript:
     """`text` (words of the alphabet, single spaces) placed on the (T, n_outputs) logits it was decoded
     from. If the frames are too few to hold it, the transcript has the text and no words."""
     words = text.split()
@@ -61,4 +61,4 @@ def align(logits: np.ndarray, text: str, alphabet: Alphabet) -> Transcript:
         path[t] = state
         state -= int(back[t, state])
     labels = np.where(is_boundary[path], space, state_label[path])
-    return words_from_alignment(labels, probabilities[np.arange(frames), labels], alphabet)
+    return words_from_alignment(labels, probabilities[np.arange(frames), labels], alphabet, step_seconds)

@@ -16,30 +16,11 @@ from functools import partial
 import numpy as np
 
 from dsita.decoding.beam import BeamSearchDecoder, DecoderOptions, check_alphabet
+from dsita.decoding.greedy import greedy_text
 from dsita.lm.scorer import Scorer
 from dsita.text.alphabet import Alphabet
 
 CHUNKS_PER_WORKER = 4  # a few chunks per worker even out utterances of different lengths
-
-
-def greedy_decode(logits: np.ndarray, length: int, alphabet: Alphabet) -> str:
-    """Best label per step, repeats collapsed, blanks (the last index) removed, spaces tidied.
-
-    `logits` is (T, n_outputs) for one utterance; only the first `length` steps are read.
-    """
-    best = np.asarray(logits[:length]).argmax(axis=-1)
-    if best.size == 0:
-        return ""
-    keep = np.ones(best.shape, dtype=bool)
-    keep[1:] = best[1:] != best[:-1]
-    labels = best[keep]
-    labels = labels[labels != alphabet.blank_index]
-    return " ".join(alphabet.decode(labels.tolist()).split())
-
-
-def greedy_decode_batch(logits: np.ndarray, lengths: np.ndarray, alphabet: Alphabet) -> list[str]:
-    """(B, T, n_outputs) logits and (B,) lengths to B transcripts."""
-    return [greedy_decode(logits[i], int(lengths[i]), alphabet) for i in range(len(logits))]
 
 
 _worker_decoder: BeamSearchDecoder | None = None
@@ -101,7 +82,7 @@ class BatchDecoder:
         """One transcript per (T, labels + 1) array, in order."""
         options = options or DecoderOptions()
         if self.scorer is None:
-            return [greedy_decode(x, len(x), self.alphabet) for x in logits]
+            return [greedy_text(x, self.alphabet) for x in logits]
         if self._local is not None:
             return [self._local.decode(x, options) for x in logits]
         if self._pool is None:

@@ -32,6 +32,8 @@ from flashlight.lib.text.decoder import (
 from flashlight.lib.text.decoder.kenlm import KenLM
 from flashlight.lib.text.dictionary import Dictionary
 
+from dsita.decoding.align import align
+from dsita.decoding.transcript import Transcript
 from dsita.errors import DsitaError
 from dsita.lm.scorer import Scorer
 from dsita.text.alphabet import Alphabet
@@ -152,6 +154,21 @@ def check_alphabet(scorer: Scorer, alphabet: Alphabet) -> None:
         raise DsitaError(f"{scorer.folder}: the scorer was built for another alphabet than the model's")
     if " " not in alphabet:
         raise DsitaError("beam search needs the space label in the alphabet (the word separator)")
+
+
+class BeamDecoder:
+    """Beam search as a `dsita.decoding.transcript.Decoder`: the best text, aligned to the frames for word
+    times (steps `step_seconds` apart)."""
+
+    def __init__(self, beam: BeamSearchDecoder, options: DecoderOptions, step_seconds: float) -> None:
+        self.beam = beam
+        self.options = options
+        self.step_seconds = step_seconds
+
+    def decode(self, logits: np.ndarray) -> Transcript:
+        """(T, n_outputs) logits of one segment to its transcript, times from the segment's start."""
+        text = self.beam.decode(logits, self.options)
+        return align(logits, text, self.beam.alphabet, self.step_seconds)
 
 
 class BeamSearchDecoder:

@@ -13,10 +13,8 @@ from typing import Protocol
 
 import numpy as np
 
-from dsita.audio import STEP_MS
 from dsita.text.alphabet import Alphabet
-
-FRAME_SECONDS = STEP_MS / 1000
+from dsita.text.itn import itn_text, spans
 
 
 @dataclass(frozen=True)
@@ -44,6 +42,22 @@ class Transcript:
         text = " ".join(p.text for p in parts if p.text)
         return Transcript(text, tuple(w for p in parts for w in p.words))
 
+    def itn(self) -> Transcript:
+        """Spoken numbers, dates, times and money written as digits (`dsita.text.itn`): a rewritten phrase is
+        one word from its first word's start to its last word's end, with their lowest confidence."""
+        if not self.words:
+            return Transcript(itn_text(self.text))
+        words: list[Word] = []
+        done = 0
+        for span in spans([w.word for w in self.words]):
+            words.extend(self.words[done : span.start])
+            merged = self.words[span.start : span.end]
+            confidence = min(w.confidence for w in merged)
+            words.append(Word(span.text, merged[0].start, merged[-1].end, confidence))
+            done = span.end
+        words.extend(self.words[done:])
+        return Transcript(" ".join(w.word for w in words), tuple(words))
+
     def to_dict(self) -> dict[str, object]:
         words = [
             {
@@ -69,9 +83,12 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return exp / exp.sum(axis=-1, keepdims=True)
 
 
-def words_from_alignment(labels: np.ndarray, probabilities: np.ndarray, alphabet: Alphabet) -> Transcript:
+def words_from_alignment(
+    labels: np.ndarray, probabilities: np.ndarray, alphabet: Alphabet, step_seconds: float
+) -> Transcript:
     """A frame-by-frame CTC label path (blank = `alphabet.blank_index`) and each frame's label probability
-    to words: runs of one label are one character (a blank separates repeats), spaces separate words."""
+    to words: runs of one label are one character (a blank separates repeats), spaces separate words.
+    Frame t spans [t, t + 1) x `step_seconds`, the model's output step."""
     labels = np.asarray(labels)
     if labels.size == 0:
         return Transcript("")
@@ -89,7 +106,7 @@ def words_from_alignment(labels: np.ndarray, probabilities: np.ndarray, alphabet
         char = alphabet.labels[label]
         if char.isspace():
             if chars:
-                words.append(_word(chars, confidences, start, end))
+                words.append(_word(chars, confidences, start * step_seconds, end * step_seconds))
             chars, confidences = [], []
             continue
         if not chars:
@@ -98,22 +115,10 @@ def words_from_alignment(labels: np.ndarray, probabilities: np.ndarray, alphabet
         confidences.append(float(probability))
         end = run_end
     if chars:
-        words.append(_word(chars, confidences, start, end))
+        words.append(_word(chars, confidences, start * step_seconds, end * step_seconds))
     return Transcript(" ".join(w.word for w in words), tuple(words))
 
 
-def _word(chars: list[str], confidences: list[float], start: int, end: int) -> Word:
+def _word(chars: list[str], confidences: list[float], start: float, end: float) -> Word:
     confidence = sum(confidences) / len(confidences)
-    return Word("".join(chars), float(start * FRAME_SECONDS), float(end * FRAME_SECONDS), confidence)
-
-
-class GreedyDecoder:
-    """Best label per frame, repeats collapsed, blanks dropped: `dsita.decode.greedy_decode` with times."""
-
-    def __init__(self, alphabet: Alphabet) -> None:
-        self.alphabet = alphabet
-
-    def decode(self, logits: np.ndarray) -> Transcript:
-        probabilities = softmax(np.asarray(logits, dtype=np.float32))
-        best = probabilities.argmax(axis=-1)
-        return words_from_alignment(best, probabilities[np.arange(best.size), best], self.alphabet)
+    return Word("".join(chars), float(start), float(end), confidence)

@@ -16,12 +16,15 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from dsita.data.csvs import Sample
-from dsita.data.dataset import Batch, BucketBatchSampler, SpeechDataset, collate, sample_duration
-from dsita.decoding.batch import BatchDecoder, DecoderOptions, greedy_decode_batch
+from dsita.data.csvs import Sample, sample_duration
+from dsita.data.dataset import Batch, BucketBatchSampler, SpeechDataset, collate, load_samples
+from dsita.decoding.batch import BatchDecoder, DecoderOptions
 from dsita.fileio import atomic_write_text
+from dsita.lm.scorer import Scorer
 from dsita.model.base import AcousticModel
 from dsita.text.alphabet import Alphabet
+from dsita.training.checkpoint import load_trained_model
+from dsita.training.runtime import Distributed, pick_device
 
 
 @dataclass(frozen=True)
@@ -94,19 +97,6 @@ def score(samples: Sequence[Sample], hypotheses: Sequence[str], decoder: str) ->
     )
 
 
-def evaluate_greedy(
-    model: AcousticModel,
-    samples: Sequence[Sample],
-    alphabet: Alphabet,
-    device: torch.device,
-    batch_size: int = 16,
-    workers: int = 0,
-) -> EvaluationReport:
-    logits = model_logits(model, samples, alphabet, device, batch_size, workers)
-    hypotheses = greedy_decode_batch(logits, np.array([len(x) for x in logits]), alphabet)
-    return score(samples, hypotheses, "greedy")
-
-
 def evaluate_logits(
     samples: Sequence[Sample],
     logits: Sequence[np.ndarray],
@@ -116,3 +106,42 @@ def evaluate_logits(
     """Decode per-utterance logits (from `model_logits`) and score them against the samples' transcripts."""
     options = options or DecoderOptions()
     return score(samples, decoder.decode(logits, options), decoder.describe(options))
+
+
+@dataclass(frozen=True)
+class CheckpointEvaluation:
+    """A checkpoint run over test (or dev) CSVs once: its logits, and the reports of each decoding."""
+
+    samples: list[Sample]
+    logits: list[np.ndarray]
+    alphabet: Alphabet
+    greedy: EvaluationReport
+    lm: EvaluationReport | None  # with a scorer
+
+
+def checkpoint_logits(
+    checkpoint: Path, csvs: Sequence[Path], device: torch.device | None = None
+) -> tuple[list[Sample], list[np.ndarray], Alphabet]:
+    """The samples of `csvs`, the checkpoint's logits for each, and its alphabet (on a GPU when there is
+    one)."""
+    model, alphabet = load_trained_model(checkpoint)
+    samples = load_samples(csvs, alphabet)
+    logits = model_logits(model, samples, alphabet, device or pick_device(Distributed()))
+    return samples, logits, alphabet
+
+
+def evaluate_checkpoint(
+    checkpoint: Path,
+    csvs: Sequence[Path],
+    scorer: Scorer | None = None,
+    options: DecoderOptions | None = None,
+    workers: int = 1,
+) -> CheckpointEvaluation:
+    """Greedy WER/CER, and with a scorer the beam search's too, from one pass of the network."""
+    samples, logits, alphabet = checkpoint_logits(checkpoint, csvs)
+    greedy = evaluate_logits(samples, logits, BatchDecoder(alphabet))
+    lm = None
+    if scorer is not None:
+        with BatchDecoder(alphabet, scorer, workers) as decoder:
+            lm = evaluate_logits(samples, logits, decoder, options)
+    return CheckpointEvaluation(samples, logits, alphabet, greedy, lm)

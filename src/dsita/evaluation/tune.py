@@ -18,18 +18,17 @@ from pathlib import Path
 import jiwer
 import numpy as np
 import optuna
-import torch
 
 from dsita.data.csvs import Sample
 from dsita.data.dataset import load_samples
 from dsita.decoding.batch import BatchDecoder
 from dsita.decoding.beam import DecoderOptions, check_alphabet
 from dsita.errors import DsitaError
-from dsita.evaluation.evaluate import model_logits
+from dsita.evaluation.evaluate import checkpoint_logits
 from dsita.fileio import atomic_write
 from dsita.lm.scorer import Scorer, load_scorer, set_defaults
 from dsita.text.alphabet import Alphabet
-from dsita.training.checkpoint import load_trained_model, resolve_checkpoint
+from dsita.training.checkpoint import resolve_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +42,7 @@ class OptimizeOptions:
     max_alpha: float = 5.0
     max_beta: float = 5.0
     n_trials: int = 600
+    pairs: tuple[tuple[float, float], ...] = ()  # given: try exactly these (alpha, beta), keep the best
     decoder: DecoderOptions = field(default_factory=DecoderOptions)
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
     seed: int = 0
@@ -131,12 +131,19 @@ def optimize(
                 study.add_trial(optuna.trial.create_trial(params=params, distributions=box, value=before))
                 done += 1
 
+        # Given pairs (the French image's LM_EVALUATE_RANGE) are the trials, each once, instead of a search.
+        complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        tried = {(trial.params["alpha"], trial.params["beta"]) for trial in complete}
+        untried = [pair for pair in dict.fromkeys(options.pairs) if pair not in tried]
+        for alpha, beta in untried:
+            study.enqueue_trial({"alpha": alpha, "beta": beta})
+
         def objective(trial: optuna.Trial) -> float:
             alpha = trial.suggest_float("alpha", 0.0, options.max_alpha)
             beta = trial.suggest_float("beta", 0.0, options.max_beta)
             return dev_wer(alpha, beta)
 
-        remaining = max(0, options.n_trials - done)
+        remaining = len(untried) if options.pairs else max(0, options.n_trials - done)
         log.info(f"{done} trials done, {remaining} to run")
         study.optimize(objective, n_trials=remaining)
 
@@ -161,11 +168,15 @@ def optimize_checkpoint(
 ) -> OptimizeResult:
     """Run the model once over the dev CSVs (or reuse the logits an interrupted search saved), then search."""
     scorer = load_scorer(scorer_dir)
-    model, alphabet = load_trained_model(checkpoint)
-    check_alphabet(scorer, alphabet)
+    alphabet = scorer.alphabet()
     samples = load_samples(dev_csvs, alphabet)
     key = study_key(scorer, resolve_checkpoint(checkpoint), dev_csvs, options)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    logits, reused = cached_logits(scorer, key, lambda: model_logits(model, samples, alphabet, device))
+
+    def compute() -> list[np.ndarray]:
+        _, logits, model_alphabet = checkpoint_logits(checkpoint, dev_csvs)
+        check_alphabet(scorer, model_alphabet)
+        return logits
+
+    logits, reused = cached_logits(scorer, key, compute)
     log.info(f"dev logits of {len(samples)} clips {'reused from' if reused else 'saved to'} disk")
     return optimize(scorer, samples, logits, alphabet, options, key)

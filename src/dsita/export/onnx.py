@@ -1,11 +1,11 @@
 """ONNX export of an acoustic model for inference, in fp32 and int8.
 
 fp32 uses torch's TorchScript exporter (`dynamo=False`): it keeps the batch and time axes dynamic, where
-the dynamo exporter froze the frame count. Two graph shapes, picked by the model (`onnx_graph`):
-- DeepSpeech: the model's plain path (every step valid) with the LSTM state as inputs and outputs, as
-  DeepSpeech's exported graphs had, so a caller can stream chunk by chunk (`StreamingGraph`);
-- a stateless model (the conformer): padded features and their lengths in, logits and their lengths out,
-  over whole segments (`SegmentGraph`).
+the dynamo exporter froze the frame count. Two graph shapes, as the model's config declares (`GRAPH`):
+- "streaming" (DeepSpeech): the model's plain path (every step valid) with its state as inputs and outputs,
+  as DeepSpeech's exported graphs had, so a caller can stream chunk by chunk (`StreamingGraph`);
+- "segment" (the conformer): padded features and their lengths in, logits and their lengths out, over whole
+  segments (`SegmentGraph`).
 int8 is onnxruntime's dynamic quantization (weights int8, activations quantized on the fly) of the matrix
 products and the LSTM, after onnxruntime's pre-processing step (shape inference and graph cleanup); a dense
 input layer on DeepSpeech's MFCCs keeps int8 weights but fp32 activations (see
@@ -39,14 +39,11 @@ from dsita.inference.package import (
     LENGTHS_IN,
     LENGTHS_OUT,
     LOGITS,
-    STATE_C_IN,
-    STATE_C_OUT,
-    STATE_H_IN,
-    STATE_H_OUT,
+    STATE_IN_PREFIX,
+    STATE_OUT_PREFIX,
     metadata_props,
 )
 from dsita.model.base import AcousticModel
-from dsita.model.deepspeech import DeepSpeech
 
 
 @dataclass(frozen=True)
@@ -59,31 +56,31 @@ class ExportOptions:
 
 
 class StreamingGraph(nn.Module):
-    """(features, previous_state_c, previous_state_h) -> (logits, new_state_c, new_state_h); states (B, H)."""
+    """(features, previous_state_<name>...) -> (logits, new_state_<name>...), each state tensor batch first,
+    named by the model's `state_names` (DeepSpeech: c and h, (batch, n_hidden) each, as its own graphs)."""
 
-    input_names = (INPUT, STATE_C_IN, STATE_H_IN)
-    output_names = (LOGITS, STATE_C_OUT, STATE_H_OUT)
-    dynamic_axes: ClassVar[dict[str, dict[int, str]]] = {
-        INPUT: {0: "batch", 1: "time"},
-        LOGITS: {0: "batch", 1: "time"},
-        **{name: {0: "batch"} for name in (STATE_C_IN, STATE_H_IN, STATE_C_OUT, STATE_H_OUT)},
-    }
-
-    def __init__(self, model: DeepSpeech) -> None:
+    def __init__(self, model: AcousticModel) -> None:
         super().__init__()
         self.model = model
+        names = model.state_names
+        self.input_names = (INPUT, *(f"{STATE_IN_PREFIX}{name}" for name in names))
+        self.output_names = (LOGITS, *(f"{STATE_OUT_PREFIX}{name}" for name in names))
+        self.dynamic_axes = {
+            INPUT: {0: "batch", 1: "time"},
+            LOGITS: {0: "batch", 1: "time"},
+            **{name: {0: "batch"} for name in (*self.input_names[1:], *self.output_names[1:])},
+        }
 
-    def forward(self, features: Tensor, state_c: Tensor, state_h: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        output = self.model(features, None, (state_h.unsqueeze(0), state_c.unsqueeze(0)))
-        h, c = output.state
-        return output.logits, c.squeeze(0), h.squeeze(0)
+    def forward(self, features: Tensor, *state: Tensor) -> tuple[Tensor, ...]:
+        output = self.model(features, None, self.model.import_state(state))
+        return (output.logits, *self.model.export_state(output.state))
 
     def example(self, batch: int, steps: int, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
         """Random features at MFCC scale and a non-zero state."""
-        config = self.model.config
-        features = (rng.standard_normal((batch, steps, config.n_input)) * 5).astype(np.float32)
-        state_c, state_h = (rng.standard_normal((2, batch, config.n_hidden)) * 0.5).astype(np.float32)
-        return features, state_c, state_h
+        width = self.model.featurizer.n_features
+        features = (rng.standard_normal((batch, steps, width)) * 5).astype(np.float32)
+        shapes = [tuple(x.shape) for x in self.model.export_state(self.model.initial_state(batch))]
+        return (features, *((rng.standard_normal(shape) * 0.5).astype(np.float32) for shape in shapes))
 
 
 class SegmentGraph(nn.Module):
@@ -115,14 +112,10 @@ class SegmentGraph(nn.Module):
 
 
 def onnx_graph(model: AcousticModel) -> StreamingGraph | SegmentGraph:
-    """The graph `model` exports as: DeepSpeech streams with its LSTM state; a stateless model runs whole
-    segments."""
-    if isinstance(model, DeepSpeech):
+    """The graph the model's config declares: streaming with its state, or whole segments."""
+    if model.config.GRAPH == "streaming":
         return StreamingGraph(model).eval()
-    if model.initial_state(1) == ():
-        return SegmentGraph(model).eval()
-    architecture = model.config.ARCHITECTURE
-    raise DsitaError(f"no ONNX graph for the streaming state of the {architecture!r} architecture")
+    return SegmentGraph(model).eval()
 
 
 def export_fp32(

@@ -23,9 +23,9 @@ import numpy as np
 import onnxruntime as ort
 
 from dsita.audio import LOG_MEL_FEATURES, MFCC_FEATURES, feature_metadata, iter_audio
-from dsita.decoding.align import align
-from dsita.decoding.beam import BeamSearchDecoder, DecoderOptions
-from dsita.decoding.transcript import Decoder, GreedyDecoder, Transcript
+from dsita.decoding.beam import BeamDecoder, BeamSearchDecoder, DecoderOptions
+from dsita.decoding.greedy import GreedyDecoder
+from dsita.decoding.transcript import Decoder, Transcript
 from dsita.errors import DsitaError
 from dsita.inference.features import NumpyContextMfcc, NumpyLogMel
 from dsita.inference.package import (
@@ -66,18 +66,8 @@ class InferenceOptions:
     use_lm: bool = True  # beam search with the package's scorer when it has one; greedy otherwise
     beam_width: int | None = None  # None: the decoder's default
     threads: int = 1
+    itn: bool = False  # spoken numbers, dates, times and money as digits (`Transcript.itn`)
     vad: VadOptions = field(default_factory=VadOptions)
-
-
-@dataclass(frozen=True)
-class BeamDecoder:
-    """Beam search with the package's scorer; its text is aligned to the frames for word times."""
-
-    beam: BeamSearchDecoder
-    options: DecoderOptions
-
-    def decode(self, logits: np.ndarray) -> Transcript:
-        return align(logits, self.beam.decode(logits, self.options), self.beam.alphabet)
 
 
 class SpeechModel:
@@ -94,6 +84,7 @@ class SpeechModel:
         # The graphs of dsita 0.1 do not name their features: DeepSpeech's MFCCs.
         self.features = self.metadata.get("features", MFCC_FEATURES)
         self.alphabet = self._check_metadata()
+        self.step_seconds = self._step_seconds()
         inputs = {i.name: i for i in self.session.get_inputs()}
         # DeepSpeech's graph carries the LSTM state between chunks; a conformer's runs whole segments.
         self.streaming = STATE_C_IN in inputs
@@ -130,18 +121,31 @@ class SpeechModel:
             raise DsitaError(f"{source}: model has {n_outputs} outputs for {len(alphabet)} labels + blank")
         return alphabet
 
+    def _step_seconds(self) -> float:
+        """Seconds between output steps, from the graph's metadata. Earlier graphs did not record it: theirs
+        is the feature step, four of them for the conformer's x4 subsampling."""
+        recorded = self.metadata.get("output_step_ms")
+        if recorded is None:
+            frames = 4 if self.features == LOG_MEL_FEATURES else 1
+            return frames * float(self.metadata.get("step_ms", 20)) / 1000
+        try:
+            return float(recorded) / 1000
+        except ValueError:
+            raise DsitaError(f"{self.package.source}: output_step_ms {recorded!r} is not a number") from None
+
     def _decoder(self) -> Decoder:
         if self.package.scorer_path is None:
-            return GreedyDecoder(self.alphabet)
+            return GreedyDecoder(self.alphabet, self.step_seconds)
         scorer = load_scorer(self.package.scorer_path)
         if scorer.alphabet() != self.alphabet:  # refused even with use_lm off: the package is inconsistent
             raise DsitaError(
                 f"{self.package.source}: its scorer was built for another alphabet than the model's"
             )
         if not self.options.use_lm:
-            return GreedyDecoder(self.alphabet)
+            return GreedyDecoder(self.alphabet, self.step_seconds)
         beam_width = self.options.beam_width or DecoderOptions.beam_width
-        return BeamDecoder(BeamSearchDecoder(scorer, self.alphabet), DecoderOptions(beam_width=beam_width))
+        beam = BeamSearchDecoder(scorer, self.alphabet)
+        return BeamDecoder(beam, DecoderOptions(beam_width=beam_width), self.step_seconds)
 
     @property
     def decoding(self) -> str:
@@ -185,7 +189,11 @@ class SpeechModel:
         """A file (any format and rate `dsita.audio.load_audio` reads), or 16 kHz mono samples (float in
         [-1, 1], or int16)."""
         blocks = iter_audio(audio) if isinstance(audio, str | Path) else [as_float_samples(audio)]
-        return Transcript.join(self._segments(blocks))
+        return self.written(Transcript.join(self._segments(blocks)))
+
+    def written(self, transcript: Transcript) -> Transcript:
+        """A transcript as the options want it written: with digits for spoken numbers when `itn` is on."""
+        return transcript.itn() if self.options.itn else transcript
 
     def _segments(self, blocks: Iterable[np.ndarray]) -> Iterable[Transcript]:
         offset = 0
@@ -266,13 +274,13 @@ class Stream:
             self._advance(piece, ends)
 
     def intermediate(self) -> Transcript:
-        return Transcript.join([*self._done, self._segment_transcript()])
+        return self.model.written(Transcript.join([*self._done, self._segment_transcript()]))
 
     def finish(self) -> Transcript:
         self._advance(self.segmenter.flush(), ends=True)
         result = Transcript.join(self._done)
         self._done, self._offset = [], 0
-        return result
+        return self.model.written(result)
 
     def _advance(self, piece: np.ndarray, ends: bool) -> None:
         self._acoustics.push(self.featurizer.feed(piece))

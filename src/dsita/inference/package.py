@@ -31,6 +31,7 @@ MAX_UNPACKED_BYTES = 8 << 30
 
 # Graph inputs and outputs, named as in DeepSpeech's exported graphs. `logits` are unnormalised.
 INPUT = "input_node"  # (batch, time, 494) context-stacked MFCCs, or (batch, time, n_mels) log-mels
+STATE_IN_PREFIX, STATE_OUT_PREFIX = "previous_state_", "new_state_"  # + the model's state_names
 STATE_C_IN, STATE_H_IN = "previous_state_c", "previous_state_h"  # (batch, n_hidden), DeepSpeech only
 LOGITS = "logits"  # (batch, time, n_outputs), the CTC blank last
 STATE_C_OUT, STATE_H_OUT = "new_state_c", "new_state_h"

@@ -18,15 +18,11 @@ import time
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from dsita.errors import DsitaError
 from dsita.lm.corpus import CorpusStats, check_files, top_words, write_corpus
 from dsita.lm.scorer import ALPHABET_FILE, LM_FILE, MANIFEST, VOCABULARY_FILE, Scorer, write_manifest
 from dsita.text.alphabet import Alphabet
-
-if TYPE_CHECKING:
-    from dsita.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -43,19 +39,8 @@ class LmBuildOptions:
     q_bits: int = 8
     alpha: float = 0.0
     beta: float = 0.0
-    kenlm_bin: Path = Path(".cache/kenlm/bin")
+    kenlm_bin: Path | None = None  # None: the binaries installed with dsita (see `kenlm_tool`), else PATH
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
-
-    @classmethod
-    def from_settings(cls, settings: Settings, **overrides: Any) -> LmBuildOptions:
-        given = {k: v for k, v in overrides.items() if v is not None}
-        return cls(
-            top_k=settings.lm_top_k,
-            alpha=settings.lm_alpha,
-            beta=settings.lm_beta,
-            kenlm_bin=settings.kenlm_bin,
-            **given,
-        )
 
 
 @dataclass(frozen=True)
@@ -67,19 +52,28 @@ class LmBuildReport:
     seconds: float
 
 
-def kenlm_tool(name: str, folder: Path) -> Path:
-    """The path of a KenLM program: in `folder` (KENLM_BIN), else on PATH; else the command that builds it."""
-    candidate = folder / name
-    if candidate.is_file() and os.access(candidate, os.X_OK):
-        return candidate
+def kenlm_folders(folder: Path | None) -> list[Path]:
+    """Where KenLM's programs are looked for: KENLM_BIN when given; else beside this Python (the Makefile
+    installs them into the venv), then the checkout's build cache (`.cache/kenlm/bin`)."""
+    if folder is not None:
+        return [folder]
+    checkout = Path(__file__).resolve().parents[3]
+    return [Path(sys.executable).parent, checkout / ".cache" / "kenlm" / "bin"]
+
+
+def kenlm_tool(name: str, folder: Path | None = None) -> Path:
+    """The path of a KenLM program: in `kenlm_folders(folder)`, else on PATH; else how to build it."""
+    for candidate in (f / name for f in kenlm_folders(folder)):
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return candidate
     found = shutil.which(name)
     if found:
         return Path(found)
-    dest = folder.parent if folder.name == "bin" else folder
-    hint = "" if folder.name == "bin" else f" and set KENLM_BIN={dest / 'bin'}"
+    where = " or ".join(str(f) for f in kenlm_folders(folder))
+    dest = folder.parent if folder is not None and folder.name == "bin" else Path(".cache/kenlm")
     raise DsitaError(
-        f"KenLM's {name} not found in {folder} (KENLM_BIN) or on PATH; build it with: "
-        f"bash tools/build_kenlm.sh {dest} {sys.executable}{hint}"
+        f"KenLM's {name} not found in {where} or on PATH; build it with `make setup`, or with "
+        f"bash tools/build_kenlm.sh {dest} {sys.executable} and set KENLM_BIN={dest / 'bin'}"
     )
 
 

@@ -17,14 +17,11 @@ import json
 import math
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from dsita.errors import DsitaError
 from dsita.fileio import atomic_write_text
 from dsita.text.alphabet import Alphabet
-
-if TYPE_CHECKING:
-    from dsita.settings import Settings
 
 FORMAT = "dsita-scorer"
 VERSION = 1
@@ -71,10 +68,6 @@ class Scorer:
 
     def size_bytes(self) -> int:
         return sum(path.stat().st_size for path in self.files())
-
-
-def default_scorer_dir(settings: Settings) -> Path:
-    return settings.data_dir / "lm" / "scorer"
 
 
 def manifest_dict(scorer: Scorer) -> dict[str, Any]:

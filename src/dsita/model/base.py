@@ -20,6 +20,7 @@ from dsita.errors import DsitaError
 
 # Recurrent or cache state carried between streaming chunks; its layout belongs to the architecture.
 State = tuple[Tensor, ...]
+GRAPHS = ("streaming", "segment")
 
 
 @dataclass(frozen=True)
@@ -30,8 +31,15 @@ class ModelConfig:
     """
 
     ARCHITECTURE: ClassVar[str] = ""
-    # The input features, as `dsita.inference.package` names them for the exported graph's metadata.
+    # The input features, by the names `dsita.audio` gives them (MFCC_FEATURES, LOG_MEL_FEATURES).
     FEATURES: ClassVar[str] = ""
+    # Seconds of audio per output step (per logit frame): what word times, alignment and the model card use.
+    OUTPUT_STEP_SECONDS: ClassVar[float] = 0.0
+    # The exported graph: "streaming" carries the model's state between chunks (its `state_names`);
+    # "segment" runs whole padded segments with their lengths and has no state.
+    GRAPH: ClassVar[str] = "segment"
+    # The learning rate schedule a run takes with LR_SCHEDULE=auto.
+    LR_SCHEDULE: ClassVar[str] = "constant"
     # Named sizes (MODEL_SIZE): field values, the first preset being the default. An architecture without
     # presets (DeepSpeech) is sized by its option fields alone.
     PRESETS: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
@@ -43,6 +51,8 @@ class ModelConfig:
     n_outputs: int
 
     def __post_init__(self) -> None:
+        if self.GRAPH not in GRAPHS:
+            raise ValueError(f"{type(self).__name__}.GRAPH must be one of {GRAPHS}, got {self.GRAPH!r}")
         if self.n_outputs < 2:
             raise ValueError(f"n_outputs must be at least 2 (one symbol and the blank), got {self.n_outputs}")
 
@@ -96,6 +106,9 @@ class AcousticModel(nn.Module, ABC):
     # when the count depends on the config.
     transfer_layers: tuple[str, ...]
     featurizer: Featurizer
+    # A streaming model's state as the exported graph names it (`previous_state_<name>` in,
+    # `new_state_<name>` out), each tensor batch first; see `export_state`.
+    state_names: tuple[str, ...] = ()
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -131,6 +144,14 @@ class AcousticModel(nn.Module, ABC):
     def output_lengths(self, feature_lengths: Tensor) -> Tensor:
         """Valid output steps for each item's valid feature frames (CTC input lengths)."""
 
+    def export_state(self, state: State) -> tuple[Tensor, ...]:
+        """The state as the exported graph's tensors, in `state_names` order, batch first."""
+        return tuple(state)
+
+    def import_state(self, tensors: tuple[Tensor, ...]) -> State:
+        """Inverse of `export_state`."""
+        return tuple(tensors)
+
 
 M = TypeVar("M", bound=type[AcousticModel])
 
@@ -162,7 +183,7 @@ def _model_class(name: str) -> type[AcousticModel]:
         return _ARCHITECTURES[name]
     except KeyError:
         known = ", ".join(architectures()) or "none"
-        raise DsitaError(f"unknown model architecture {name!r} (known: {known})") from None
+        raise DsitaError(f"unknown model architecture {name!r} (MODEL; known: {known})") from None
 
 
 def build_model(config: ModelConfig) -> AcousticModel:
@@ -180,7 +201,8 @@ def new_model_config(
     if presets:
         name = preset if preset is not None else next(iter(presets))
         if name not in presets:
-            raise DsitaError(f"unknown {architecture} size {name!r} (known: {', '.join(presets)})")
+            known = ", ".join(presets)
+            raise DsitaError(f"unknown {architecture} size {name!r} (MODEL_SIZE; known: {known})")
         values = presets[name]
     return model_config_from_dict({"architecture": architecture, "n_outputs": n_outputs, **values, **fields})
 

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dsita.audio import LOG_MEL_FEATURES, N_LOG_MEL
+from dsita.audio import LOG_MEL_FEATURES, LOG_MEL_STEP_SAMPLES, N_LOG_MEL, SAMPLE_RATE
 from dsita.model.base import AcousticModel, AcousticOutput, ModelConfig, State, register_architecture
 from dsita.model.features import LogMel
 
@@ -38,11 +38,21 @@ ROPE_BASE = 10000.0  # the angle of dimension pair i advances by ROPE_BASE ** (-
 class ConformerConfig(ModelConfig):
     ARCHITECTURE: ClassVar[str] = "conformer"
     FEATURES: ClassVar[str] = LOG_MEL_FEATURES
-    # "small" is the field defaults (about Conformer-S's width at half its depth); "medium" is Conformer-M's
-    # shape; "tiny" is FAST_TRAIN's smoke-test model.
+    OUTPUT_STEP_SECONDS: ClassVar[float] = 4 * LOG_MEL_STEP_SAMPLES / SAMPLE_RATE  # x4 subsampling: 40 ms
+    GRAPH: ClassVar[str] = "segment"
+    LR_SCHEDULE: ClassVar[str] = "warmup-decay"  # as the Conformer and NeMo recipes
+    # "small" is the field defaults (about Conformer-S's width at half its depth, with 2 heads of 72 rather
+    # than 4 of 36: fused 16-bit attention kernels need a head width that is a multiple of 8); "medium" is
+    # Conformer-M's shape; "tiny" is FAST_TRAIN's smoke-test model.
     PRESETS: ClassVar[Mapping[str, Mapping[str, Any]]] = {
         "small": {},
-        "medium": {"d_model": 256, "n_layers": 16, "conv_kernel": 31, "subsampling_channels": 256},
+        "medium": {
+            "d_model": 256,
+            "n_layers": 16,
+            "n_heads": 4,
+            "conv_kernel": 31,
+            "subsampling_channels": 256,
+        },
         "tiny": {"d_model": 48, "n_layers": 2, "n_heads": 2, "subsampling_channels": 32},
     }
     OPTION_FIELDS: ClassVar[tuple[str, ...]] = ("n_layers", "d_model", "n_heads")
@@ -53,7 +63,7 @@ class ConformerConfig(ModelConfig):
     n_mels: int = N_LOG_MEL
     d_model: int = 144
     n_layers: int = 8
-    n_heads: int = 4
+    n_heads: int = 2
     ff_mult: int = 4  # feed-forward width as a multiple of d_model
     conv_kernel: int = 15  # depthwise convolution, in 40 ms steps
     subsampling_channels: int = 144

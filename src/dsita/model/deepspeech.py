@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from dsita.audio import MFCC_FEATURES, N_CONTEXT, N_MFCC
+from dsita.audio import MFCC_FEATURES, N_CONTEXT, N_MFCC, SAMPLE_RATE, STEP_SAMPLES
 from dsita.model.base import AcousticModel, AcousticOutput, ModelConfig, State, register_architecture
 from dsita.model.features import ContextMfcc
 
@@ -31,11 +31,13 @@ from dsita.model.features import ContextMfcc
 class DeepSpeechConfig(ModelConfig):
     ARCHITECTURE: ClassVar[str] = "deepspeech"
     FEATURES: ClassVar[str] = MFCC_FEATURES
+    OUTPUT_STEP_SECONDS: ClassVar[float] = STEP_SAMPLES / SAMPLE_RATE  # one logit per 20 ms MFCC frame
+    GRAPH: ClassVar[str] = "streaming"
     OPTION_FIELDS: ClassVar[tuple[str, ...]] = ("n_hidden", "dropout")
     SIZE_FIELDS: ClassVar[tuple[str, ...]] = ("n_hidden",)
 
-    n_hidden: int = 2048
-    dropout: float = 0.05  # DeepSpeech's --dropout_rate default; the training recipe passes its own
+    n_hidden: int = 2048  # DeepSpeech 0.9's --n_hidden
+    dropout: float = 0.0  # training passes its recipe's rate (DROPOUT); 0 for inference and conversion
     relu_clip: float = 20.0
     n_mfcc: int = N_MFCC
     n_context: int = N_CONTEXT
@@ -68,6 +70,7 @@ def clipped_relu(x: Tensor, clip: float) -> Tensor:
 class DeepSpeech(AcousticModel):
     config_class = DeepSpeechConfig
     transfer_layers = ("layer_2", "layer_3", "lstm", "layer_5", "layer_6")  # 0.9 never dropped layer_1
+    state_names = ("c", "h")  # DeepSpeech's graph: previous_state_c, previous_state_h, each (batch, n_hidden)
     config: DeepSpeechConfig
 
     def __init__(self, config: DeepSpeechConfig) -> None:
@@ -111,6 +114,14 @@ class DeepSpeech(AcousticModel):
     def output_lengths(self, feature_lengths: Tensor) -> Tensor:
         return feature_lengths
 
+    def export_state(self, state: State) -> tuple[Tensor, ...]:
+        h, c = state  # torch's (h, c), each (1, batch, n_hidden)
+        return c.squeeze(0), h.squeeze(0)
+
+    def import_state(self, tensors: tuple[Tensor, ...]) -> State:
+        c, h = tensors
+        return h.unsqueeze(0), c.unsqueeze(0)
+
     def forward(
         self, features: Tensor, feature_lengths: Tensor | None = None, state: State | None = None
     ) -> AcousticOutput:
@@ -128,11 +139,19 @@ class DeepSpeech(AcousticModel):
         x = self._dense(self.layer_3, x)
         if feature_lengths is None:
             # The plain path (every step valid) is the one streaming inference and ONNX export use.
-            x, (h, c) = self.lstm(x, (h0, c0))
+            x, (h, c) = self._lstm(x.float(), (h0, c0))
         else:
-            x, (h, c) = self._packed_lstm(x, lengths, h0, c0)
+            x, (h, c) = self._packed_lstm(x, feature_lengths, h0, c0)
         x = self._dense(self.layer_5, x)
         return AcousticOutput(self.layer_6(x), self.output_lengths(lengths), (h, c))
+
+    def _lstm(self, x: Any, state: tuple[Tensor, Tensor]) -> tuple[Any, tuple[Tensor, Tensor]]:
+        """The LSTM on float32 input (a tensor or a packed sequence), whatever autocast chose for the dense
+        layers: cuDNN's RNN under autocast runs in fp16, which bf16 training does not loss-scale; fp32 (TF32
+        on tensor cores) is safe, and the LSTM's products are a small share of the model's work."""
+        h0, c0 = state
+        with torch.autocast(h0.device.type, enabled=False):
+            return self.lstm(x, (h0.float(), c0.float()))
 
     def _packed_lstm(
         self, x: Tensor, lengths: Tensor, h0: Tensor, c0: Tensor
@@ -144,9 +163,15 @@ class DeepSpeech(AcousticModel):
         for export; masking the state update step by step would export too, but needs a loop over time.
         LSTM outputs past an item's length are zero, as TF's were.
         """
-        empty = lengths == 0  # packing needs >= 1 step: run those items one padded step, then undo it
-        packed = pack_padded_sequence(x, lengths.clamp_min(1).cpu(), batch_first=True, enforce_sorted=False)
-        out, (h, c) = self.lstm(packed, (h0, c0))
+        # Packing reads the lengths on the CPU: pass them there (the trainer does) to spare a device sync.
+        cpu_lengths = lengths.to("cpu", torch.long)
+        empty = (cpu_lengths == 0).to(
+            x.device
+        )  # packing needs >= 1 step: run those one padded step, then undo
+        packed = pack_padded_sequence(
+            x.float(), cpu_lengths.clamp_min(1), batch_first=True, enforce_sorted=False
+        )
+        out, (h, c) = self._lstm(packed, (h0, c0))
         out, _ = pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])
         out = out.masked_fill(empty.view(-1, 1, 1), 0.0)
         unchanged = empty.view(1, -1, 1)

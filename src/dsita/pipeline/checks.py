@@ -168,11 +168,11 @@ def _parameter_count(settings: Settings) -> int:
     import torch
 
     from dsita.model.base import build_model, count_parameters
-    from dsita.text.alphabet import Alphabet
-    from dsita.training.loop import model_config, options_from_settings
+    from dsita.settings.options import alphabet_for, train_options
+    from dsita.training.loop import model_config
 
-    options = options_from_settings(settings, (), (), Path())  # no data or folder needed for the size
-    config = model_config(options, len(Alphabet.for_settings(settings)) + 1)
+    options = train_options(settings, (), (), Path())  # no data or folder needed for the size
+    config = model_config(options, len(alphabet_for(settings)) + 1)
     with torch.device("meta"):
         model = build_model(config)
     return count_parameters(model)

@@ -19,32 +19,31 @@ RELEASE_FILES = (RELEASE_ZIP, RELEASE_FP32, RELEASE_CHECKPOINT)
 
 def evaluate_test(ctx: Context, greedy: bool) -> Report:
     """Test WER/CER with the LM (and greedy), saved next to the checkpoint, where export reads them."""
-    import torch
-
-    from dsita.data.dataset import load_samples
-    from dsita.decoding.batch import BatchDecoder
-    from dsita.evaluation.evaluate import evaluate_logits, model_logits
+    from dsita.evaluation.evaluate import evaluate_checkpoint
     from dsita.lm.scorer import load_scorer
-    from dsita.training.checkpoint import load_trained_model, resolve_checkpoint
+    from dsita.training.checkpoint import resolve_checkpoint
 
     checkpoint = resolve_checkpoint(ctx.layout.checkpoints)
-    model, model_alphabet = load_trained_model(checkpoint)
-    samples = load_samples([ctx.layout.split_csv("test")], model_alphabet)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    logits = model_logits(model, samples, model_alphabet, device)
-    result: Report = {"checkpoint": str(checkpoint), "clips": len(samples)}
-    if greedy:
-        report = evaluate_logits(samples, logits, BatchDecoder(model_alphabet))
-        report.save(ctx.layout.checkpoints / "test_report_greedy.json")
-        result["greedy"] = {"wer": report.wer, "cer": report.cer}
     scorer = ctx.scorer()
-    if scorer is not None:
-        with BatchDecoder(model_alphabet, load_scorer(scorer), ctx.workers) as decoder:
-            report = evaluate_logits(samples, logits, decoder)
-        report.save(ctx.layout.checkpoints / "test_report_lm.json")
-        result["lm"] = {"wer": report.wer, "cer": report.cer, "decoder": report.decoder}
-    log.info("Test on %d clips: %s", len(samples), {k: v for k, v in result.items() if k in ("greedy", "lm")})
-    return result
+    result = evaluate_checkpoint(
+        checkpoint,
+        [ctx.layout.split_csv("test")],
+        load_scorer(scorer) if scorer else None,
+        workers=ctx.workers,
+    )
+    report: Report = {"checkpoint": str(checkpoint), "clips": len(result.samples)}
+    if greedy:
+        result.greedy.save(ctx.layout.checkpoints / "test_report_greedy.json")
+        report["greedy"] = {"wer": result.greedy.wer, "cer": result.greedy.cer}
+    if result.lm is not None:
+        result.lm.save(ctx.layout.checkpoints / "test_report_lm.json")
+        report["lm"] = {"wer": result.lm.wer, "cer": result.lm.cer, "decoder": result.lm.decoder}
+    log.info(
+        "Test on %d clips: %s",
+        len(result.samples),
+        {k: v for k, v in report.items() if k in ("greedy", "lm")},
+    )
+    return report
 
 
 def evaluate_model(ctx: Context) -> Report:
@@ -57,12 +56,16 @@ def no_test_split(ctx: Context) -> str | None:
 
 def _release(ctx: Context) -> Report:
     from dsita.export.release import make_release
+    from dsita.settings.options import model_info
 
     train_csvs = [p for p in ctx.train_csvs() if p.is_file()]
     scorer = ctx.scorer()
     if scorer is None:
         log.warning("No scorer in %s: the release decodes greedily", ctx.layout.scorer)
-    report = make_release(ctx.layout.checkpoints, ctx.layout.models, ctx.settings, scorer, train_csvs)
+    info, env = model_info(ctx.settings), ctx.settings.to_env_text()
+    report = make_release(
+        ctx.layout.checkpoints, ctx.layout.models, info, scorer, train_csvs, settings_env=env
+    )
     log.info("fp32 ONNX vs torch: largest logit difference %.2e", report.parity_error)
     return {"files": {str(p): size for p, size in report.files.items()}, "parity_error": report.parity_error}
 
@@ -81,7 +84,7 @@ def optimize_lm(ctx: Context) -> Report:
     box = ctx.settings.lm_evaluate_range
     assert box is not None  # the step is skipped without a range
     options = OptimizeOptions(
-        box.max_alpha, box.max_beta, box.n_trials, workers=ctx.workers, seed=ctx.settings.seed
+        box.max_alpha, box.max_beta, box.n_trials, box.pairs, workers=ctx.workers, seed=ctx.settings.seed
     )
     scorer = ctx.scorer()
     if scorer is None:

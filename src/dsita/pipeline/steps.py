@@ -24,24 +24,21 @@ from dsita.pipeline.publish import (
     release_products,
 )
 from dsita.pipeline.summary import render_text
+from dsita.settings.options import (
+    TRAIN_KEY_SETTINGS,
+    alphabet_for,
+    import_options,
+    lm_build_options,
+    train_options,
+)
 from dsita.text.alphabet import Alphabet
 
 if TYPE_CHECKING:
     from dsita.model.base import ModelConfig
-    from dsita.training.loop import TrainOptions
+    from dsita.training.options import TrainOptions
 
 log = logging.getLogger(__name__)
 
-# FAST_TRAIN's language model: the default corpus with a small vocabulary and a small sorting buffer.
-FAST_LM_TOP_K = 10_000
-FAST_LM_MEMORY = "10%"
-# AUGMENT is left out: it only fills in AUG_* values, and those are what training uses.
-TRAIN_SETTINGS = (
-    "batch_size", "epochs", "learning_rate", "n_hidden", "dropout", "early_stop", "es_epochs", "max_to_keep",
-    "amp", "seed", "transfer_learning", "drop_source_layers", "fast_train", "aug_speed", "aug_specaugment",
-    "aug_noise", "aug_gain", "aug_reverb", "aug_noise_dir", "aug_snr_db", "aug_gain_db", "aug_rt60",
-    "model", "model_size", "conformer_layers", "conformer_dim", "conformer_heads",
-)  # fmt: skip
 METADATA_SETTINGS = ("model_name", "model_author", "model_version", "model_license")
 
 
@@ -50,7 +47,7 @@ def checks(ctx: Context) -> Report:
 
 
 def alphabet(ctx: Context) -> Report:
-    wanted = Alphabet.for_settings(ctx.settings)
+    wanted = alphabet_for(ctx.settings)
     path = ctx.layout.alphabet
     if not path.is_file():
         wanted.save(path)
@@ -76,7 +73,7 @@ def _import_inputs(ctx: Context) -> list[Any]:
 
 
 def import_corpora(ctx: Context) -> Report:
-    from dsita.data.clips import ImportOptions, report_tables
+    from dsita.data.clips import report_tables
     from dsita.data.commonvoice import import_common_voice
     from dsita.data.own_csv import import_own_csv
 
@@ -90,8 +87,9 @@ def import_corpora(ctx: Context) -> Report:
         and ctx.manifest.digest(source) != settings.cv_sha256.lower()
     ):
         raise DsitaError(f"{source}: SHA-256 mismatch (CV_SHA256); nothing was imported")
-    options = ImportOptions.from_settings(settings, workers=ctx.workers, progress=ctx.progress)
-    options = replace(options, alphabet=ctx.alphabet(), sha256="")  # the checks step verified the archive
+    options = import_options(settings, ctx.workers, ctx.progress)
+    # The checks step verified the archive's digests.
+    options = replace(options, alphabet=ctx.alphabet(), sha256="", sha1="")
     log.info("Importing %s into %s", source, ctx.layout.extracted)
     reports = {"common voice": import_common_voice(source, ctx.layout.extracted, options)}
     for name, table in zip(extra_names(settings), settings.extra_corpora, strict=True):
@@ -117,12 +115,10 @@ def import_corpora(ctx: Context) -> Report:
 
 
 def build_lm(ctx: Context) -> Report:
-    from dsita.lm.build import LmBuildOptions, build_scorer
+    from dsita.lm.build import build_scorer
     from dsita.lm.corpus import evaluation_sentences
 
-    options = LmBuildOptions.from_settings(ctx.settings, workers=ctx.workers)
-    if ctx.settings.fast_train:
-        options = replace(options, top_k=min(options.top_k, FAST_LM_TOP_K), memory=FAST_LM_MEMORY)
+    options = lm_build_options(ctx.settings, workers=ctx.workers)
     held_out = [p for p in (ctx.layout.split_csv("dev"), ctx.layout.split_csv("test")) if p.is_file()]
     corpus = list(ctx.settings.lm_corpus) or None
     report = build_scorer(ctx.layout.scorer, ctx.alphabet(), options, corpus, evaluation_sentences(held_out))
@@ -158,9 +154,9 @@ def _transfer_inputs(ctx: Context) -> list[Any]:
 def train_model(ctx: Context) -> Report:
     from dsita.convert.deepspeech import ensure_dsita_checkpoint
     from dsita.training.checkpoint import LAST
-    from dsita.training.loop import model_config, options_from_settings, train
+    from dsita.training.loop import model_config, train
 
-    options = options_from_settings(
+    options = train_options(
         ctx.settings,
         ctx.train_csvs(),
         [ctx.layout.split_csv("dev")],
@@ -174,7 +170,7 @@ def train_model(ctx: Context) -> Report:
     wanted = model_config(options, n_outputs)
     resuming = (ctx.layout.checkpoints / LAST).is_file()
     if resuming and ctx.distributed.is_main:
-        _check_resumable(ctx.layout.checkpoints / LAST, wanted, options, n_outputs)
+        _check_resumable(ctx.layout.checkpoints / LAST, wanted, options, ctx.settings.fast_train)
     transfer = None
     if ctx.settings.transfer_learning and resuming:
         log.info("Resuming this run's own training: TRANSFER_LEARNING applies to a fresh start only")
@@ -182,7 +178,7 @@ def train_model(ctx: Context) -> Report:
         # A DeepSpeech TensorFlow checkpoint is converted (each rank writes the same file, atomically).
         source = transfer_folder(ctx.settings)
         transfer = ensure_dsita_checkpoint(
-            source, ctx.layout.converted_transfer, options.n_hidden, architecture=options.architecture
+            source, ctx.layout.converted_transfer, ctx.settings.n_hidden, architecture=options.architecture
         )
         options = replace(options, load_checkpoint_dir=transfer)
     result = train(options, ctx.alphabet(), ctx.distributed)
@@ -196,19 +192,17 @@ def train_model(ctx: Context) -> Report:
     }
 
 
-def _check_resumable(last: Path, wanted: ModelConfig, options: TrainOptions, n_outputs: int) -> None:
+def _check_resumable(last: Path, wanted: ModelConfig, options: TrainOptions, fast_train: bool) -> None:
     """A run in checkpoints/ resumes as it was built: refuse one of another architecture or size rather than
     ignore MODEL or N_HIDDEN; and say so when it has nothing left to do (new data or settings do not restart
     a finished run)."""
     from dsita.model.base import model_config_from_dict
     from dsita.training.checkpoint import load_checkpoint
-    from dsita.training.loop import FAST_TRAIN_LIMITS, model_config
 
     saved = load_checkpoint(last)
     size = model_config_from_dict(saved["model_config"]).size()
     if size != wanted.size():
-        fast_size = model_config(replace(options, **FAST_TRAIN_LIMITS), n_outputs).size()
-        fast = " (FAST_TRAIN=1 trains a tiny model)" if fast_size in (size, wanted.size()) else ""
+        fast = " (FAST_TRAIN=1 trains a tiny model)" if fast_train else ""
         raise DsitaError(
             f"{last.parent} holds a run of {_describe_size(size)}, but this run trains "
             f"{_describe_size(wanted.size())}{fast}: move {last.parent} away to start a new training run, "
@@ -251,7 +245,7 @@ STEPS = (
     Step(
         "import",
         import_corpora,
-        settings=("max_secs", "cv_sha256", "extra_corpora", "fast_train"),
+        settings=("max_secs", "cv_sha256", "cv_sha1", "extra_corpora", "import_max_clips", "fast_train"),
         uses=("alphabet",),
         inputs=_import_inputs,
         products=lambda ctx: [ctx.layout.split_csv(s) for s in ("train", "dev", "test")] + ctx.extra_csvs(),
@@ -260,7 +254,7 @@ STEPS = (
     Step(
         "lm",
         build_lm,
-        settings=("lm_top_k", "lm_alpha", "lm_beta", "lm_corpus", "fast_train"),
+        settings=("lm_top_k", "lm_alpha", "lm_beta", "lm_corpus", "lm_memory"),
         uses=("alphabet", "import"),
         inputs=lambda ctx: [ctx.manifest.identity(p) for p in ctx.settings.lm_corpus],
         products=_lm_products,
@@ -268,7 +262,7 @@ STEPS = (
     Step(
         "train",
         train_model,
-        settings=TRAIN_SETTINGS,
+        settings=TRAIN_KEY_SETTINGS,
         uses=("alphabet", "import"),
         inputs=_transfer_inputs,
         products=_checkpoint_products,

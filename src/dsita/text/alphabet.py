@@ -11,13 +11,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from dsita.errors import DsitaError
 from dsita.fileio import atomic_write_text
-
-if TYPE_CHECKING:
-    from dsita.settings import Settings
 
 _ITALIAN_LABELS = (" ", "'", *"abcdefghijklmnopqrstuvwxyz", *"àèéìíòóôùú")
 _ENGLISH_LABELS = (" ", *"abcdefghijklmnopqrstuvwxyz", "'")
@@ -63,10 +59,6 @@ class Alphabet:
     def english(cls) -> Alphabet:
         """DeepSpeech's English alphabet (space, a-z, apostrophe): 28 labels, 29 outputs with the blank."""
         return cls(_ENGLISH_LABELS)
-
-    @classmethod
-    def for_settings(cls, settings: Settings) -> Alphabet:
-        return cls.english() if settings.english_compatible else cls.italian()
 
     @classmethod
     def load(cls, path: str | Path) -> Alphabet:

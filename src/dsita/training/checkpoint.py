@@ -6,6 +6,7 @@ checkpoint can never run code. A checkpoint rebuilds its own model (as whisper's
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import pickle
 import re
@@ -16,10 +17,11 @@ import torch
 
 from dsita.errors import DsitaError
 from dsita.fileio import atomic_write
-from dsita.model.base import AcousticModel, build_model, model_config_from_dict
+from dsita.model.base import AcousticModel, build_model, model_config_from_dict, model_config_to_dict
 from dsita.text.alphabet import Alphabet
+from dsita.training.runtime import rng_state
 
-log = logging.getLogger("dsita.training.loop")
+log = logging.getLogger("dsita.training")
 
 FORMAT_VERSION = 1
 BEST_DEV = "best_dev.pt"
@@ -56,6 +58,28 @@ def resolve_checkpoint(path: Path) -> Path:
         if (path / name).is_file():
             return path / name
     raise DsitaError(f"{path}: no checkpoint found (expected {BEST_DEV} or {LAST})")
+
+
+def snapshot(
+    model: AcousticModel,
+    alphabet: Alphabet,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    device: torch.device,
+    train_state: Any,
+    settings_env: str,
+) -> dict[str, Any]:
+    """A training run's whole state as one checkpoint dict: what `dsita.training.loop` resumes from."""
+    return {
+        "model_config": model_config_to_dict(model.config),
+        "model": model.state_dict(),
+        "alphabet": list(alphabet.labels),
+        "optimizer": optimizer.state_dict(),
+        "scaler": scaler.state_dict(),
+        "rng": rng_state(device),
+        "train_state": dataclasses.asdict(train_state),
+        "settings_env": settings_env,
+    }
 
 
 def model_from_checkpoint(checkpoint: dict[str, Any]) -> tuple[AcousticModel, Alphabet]:

@@ -1,28 +1,34 @@
-"""One typed settings object, with the variable names and defaults of the original DeepSpeech Italian image.
+"""The one typed settings object, with the variable names and defaults of the original DeepSpeech Italian
+image.
 
-Precedence, highest first: command-line flags, environment variables, the env file (`--env-file`), defaults.
-The object is built once in the CLI and passed down; nothing below reads the environment.
+Each default belongs to the options dataclass that uses it (`TrainOptions`, `AugmentOptions`,
+`LmBuildOptions`, `ImportOptions`, `ModelInfo`): a field here reads it from there, so a default is written
+once. Names the original image did not have are dsita's own. `Settings()` holds the defaults only; the
+environment and env files come in through `dsita.settings.load_settings`.
 """
 
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from dotenv import dotenv_values
-from pydantic import AliasChoices, BeforeValidator, Field, ValidationError, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic import AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
-from dsita.errors import SettingsError
+from dsita.data.augmentation.options import AugmentOptions
+from dsita.data.clips import ImportOptions
+from dsita.export.card import ModelInfo
+from dsita.lm.build import LmBuildOptions
+from dsita.training.options import LR_SCHEDULES, TrainOptions
 
 TRUE_WORDS = {"1", "true", "yes", "on"}
 FALSE_WORDS = {"0", "false", "no", "off", ""}
+SEED_LIMIT = 2**32 - 1
 
 
-def _parse_flag(value: Any) -> Any:
+def parse_flag(value: Any) -> Any:
+    """0/1, true/false, yes/no, on/off (any case), or a bool."""
     if isinstance(value, bool):
         return value
     if isinstance(value, int) and value in (0, 1):
@@ -32,18 +38,22 @@ def _parse_flag(value: Any) -> Any:
     raise ValueError("not a flag")
 
 
-Flag = Annotated[bool, BeforeValidator(_parse_flag)]
+Flag = Annotated[bool, BeforeValidator(parse_flag)]
 
 
 @dataclass(frozen=True)
 class LmEvaluateRange:
-    """`LM_EVALUATE_RANGE=MAX_ALPHA,MAX_BETA,N_TRIALS`: the alpha/beta search box and its trial count."""
+    """`LM_EVALUATE_RANGE`: the alpha/beta search box and its trial count (`MAX_ALPHA,MAX_BETA,N_TRIALS`), or,
+    as the French image wrote it, a list of `ALPHA,BETA` pairs to evaluate, the best kept."""
 
     max_alpha: float
     max_beta: float
     n_trials: int
+    pairs: tuple[tuple[float, float], ...] = ()
 
     def __str__(self) -> str:
+        if self.pairs:
+            return " ".join(f"{a:g},{b:g}" for a, b in self.pairs)
         return f"{self.max_alpha:g},{self.max_beta:g},{self.n_trials}"
 
 
@@ -53,13 +63,23 @@ def _parse_range(value: Any) -> LmEvaluateRange | None:
     text = str(value).strip()
     if not text:
         return None
-    parts = [p.strip() for p in text.split(",")]
-    if len(parts) != 3:
-        raise ValueError("wrong number of parts")
-    max_alpha, max_beta, n_trials = float(parts[0]), float(parts[1]), int(parts[2])
-    if max_alpha < 0 or max_beta < 0 or n_trials < 1:
+    if " " in text or text.count(",") == 1:
+        pairs = tuple(_numbers(word, 2) for word in text.split())
+        if any(v < 0 for pair in pairs for v in pair):
+            raise ValueError("out of range")
+        alphas, betas = zip(*pairs, strict=True)
+        return LmEvaluateRange(max(alphas), max(betas), len(pairs), pairs)  # type: ignore[arg-type]
+    max_alpha, max_beta, n_trials = _numbers(text, 3)
+    if max_alpha < 0 or max_beta < 0 or n_trials < 1 or n_trials != int(n_trials):
         raise ValueError("out of range")
-    return LmEvaluateRange(max_alpha, max_beta, n_trials)
+    return LmEvaluateRange(max_alpha, max_beta, int(n_trials))
+
+
+def _numbers(text: str, count: int) -> tuple[float, ...]:
+    parts = [float(p) for p in text.split(",")]
+    if len(parts) != count or not all(math.isfinite(p) for p in parts):
+        raise ValueError("wrong number of parts")
+    return tuple(parts)
 
 
 def _parse_paths(value: Any) -> tuple[Path, ...]:
@@ -69,7 +89,7 @@ def _parse_paths(value: Any) -> tuple[Path, ...]:
     return tuple(Path(part.strip()) for part in str(value or "").split(",") if part.strip())
 
 
-PathList = Annotated[tuple[Path, ...], NoDecode, BeforeValidator(_parse_paths)]
+PathList = Annotated[tuple[Path, ...], BeforeValidator(_parse_paths)]
 
 
 def _interval(lowest: float) -> Any:
@@ -84,13 +104,13 @@ def _interval(lowest: float) -> Any:
             raise ValueError("out of range")
         return low, high
 
-    return Annotated[tuple[float, float], NoDecode, BeforeValidator(parse)]
+    return Annotated[tuple[float, float], BeforeValidator(parse)]
 
 
 DecibelRange = _interval(-math.inf)
 SecondsRange = _interval(0.0)
 OptionalPath = Annotated[Path | None, BeforeValidator(lambda value: value or None)]  # empty: not set
-REPO_SAMPLE = Path(__file__).resolve().parents[2] / "samples" / "it-sample.tar.gz"
+REPO_SAMPLE = Path(__file__).resolve().parents[3] / "samples" / "it-sample.tar.gz"
 
 
 def _env(name: str, *aliases: str, expect: str, description: str) -> dict[str, Any]:
@@ -104,60 +124,89 @@ def _env(name: str, *aliases: str, expect: str, description: str) -> dict[str, A
 
 POSITIVE_INT = "a positive integer"
 NON_NEGATIVE_INT = "a non-negative integer"
+POSITIVE_NUMBER = "a positive number"
 FLAG = "0 or 1"
 PROBABILITY = "a probability from 0 to 1"
-# AUGMENT=1 gives these to the AUG_* probabilities not set otherwise: common choices in Kaldi and ESPnet
-# recipes (speed perturbation and SpecAugment nearly always, noise and reverberation on part of the data),
-# not values tuned on dsita.
-RECOMMENDED_AUGMENTATION = {
-    "aug_speed": 0.5,
-    "aug_specaugment": 1.0,
-    "aug_noise": 0.5,
-    "aug_gain": 0.5,
-    "aug_reverb": 0.3,
+LIMIT = "a non-negative integer (0: no limit)"
+
+# Presets: a flag that gives the fields no flag, variable or env file sets these values. Applied to the
+# values themselves, so `dsita config` and a saved settings.env show what runs.
+PRESETS: dict[str, dict[str, Any]] = {
+    # AUGMENT=1: common choices of Kaldi and ESPnet recipes (speed perturbation and SpecAugment nearly always,
+    # noise and reverberation on part of the data), not values tuned on dsita.
+    "augment": {
+        "aug_speed": 0.5,
+        "aug_specaugment": 1.0,
+        "aug_noise": 0.5,
+        "aug_gain": 0.5,
+        "aug_reverb": 0.3,
+    },
+    # FAST_TRAIN=1: a tiny model, a few steps on a few clips, a small LM, and a fixed subset of a real
+    # archive: a smoke test of every step in well under a minute.
+    "fast_train": {
+        "n_hidden": 64,
+        "model_size": "tiny",
+        "max_steps_per_epoch": 8,
+        "max_train_clips": 64,
+        "max_dev_clips": 16,
+        "lm_top_k": 10_000,
+        "lm_memory": "10%",
+        "import_max_clips": 500,
+    },
 }
 
 
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(
-        extra="ignore", populate_by_name=True, frozen=True, case_sensitive=True, validate_default=True
-    )
+class Settings(BaseModel):
+    """Every setting of dsita, by field name; each field's alias is its environment variable."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True, allow_inf_nan=False)
 
     # Training (names and defaults from the original image).
     batch_size: int = Field(
-        64,
+        TrainOptions.batch_size,
         gt=0,
         **_env("BATCH_SIZE", expect=POSITIVE_INT, description="Clips per training batch (per process)."),
     )
     epochs: int = Field(
-        30, gt=0, **_env("EPOCHS", expect=POSITIVE_INT, description="Maximum number of training epochs.")
+        TrainOptions.epochs,
+        gt=0,
+        **_env("EPOCHS", "EPOCH", expect=POSITIVE_INT, description="Maximum number of training epochs."),
     )
     learning_rate: float = Field(
-        0.0001, gt=0, **_env("LEARNING_RATE", expect="a positive number", description="Adam learning rate.")
+        TrainOptions.learning_rate,
+        gt=0,
+        **_env(
+            "LEARNING_RATE", expect="a positive number", description="Adam learning rate (the peak rate)."
+        ),
     )
     n_hidden: int = Field(
         2048,
         gt=0,
-        **_env("N_HIDDEN", expect=POSITIVE_INT, description="Width of the dense layers and the LSTM."),
+        **_env(
+            "N_HIDDEN", expect=POSITIVE_INT, description="DeepSpeech's width: the dense layers and the LSTM."
+        ),
     )
     dropout: float = Field(
         0.4,
         ge=0,
         lt=1,
-        **_env("DROPOUT", expect="a number in [0, 1)", description="Dropout rate after each dense layer."),
+        **_env(
+            "DROPOUT", expect="a number in [0, 1)", description="DeepSpeech's dropout after each dense layer."
+        ),
     )
     # The acoustic model (dsita's own): DeepSpeech 0.9 by default, which N_HIDDEN and DROPOUT size; a
     # conformer takes its size from MODEL_SIZE and the CONFORMER_* overrides, its dropout from the preset.
-    model: Literal["deepspeech", "conformer"] = Field(
-        "deepspeech",
+    model: str = Field(
+        TrainOptions.architecture,
+        min_length=1,
         **_env("MODEL", expect="deepspeech or conformer", description="Acoustic model architecture."),
     )
-    model_size: Literal["small", "medium", "tiny"] = Field(
-        "small",
+    model_size: str = Field(
+        "",
         **_env(
             "MODEL_SIZE",
-            expect="small, medium or tiny",
-            description="Conformer size preset (DeepSpeech's size is N_HIDDEN).",
+            expect="a size preset such as small, medium or tiny",
+            description="The architecture's size preset (conformer: small, medium, tiny); empty: its first.",
         ),
     )
     conformer_layers: int = Field(
@@ -184,10 +233,11 @@ class Settings(BaseSettings):
         ),
     )
     early_stop: Flag = Field(
-        True, **_env("EARLY_STOP", expect=FLAG, description="Stop when the dev loss no longer improves.")
+        TrainOptions.early_stop,
+        **_env("EARLY_STOP", expect=FLAG, description="Stop when the dev loss no longer improves."),
     )
     es_epochs: int = Field(
-        10,
+        TrainOptions.es_epochs,
         gt=0,
         **_env(
             "ES_EPOCHS",
@@ -197,22 +247,81 @@ class Settings(BaseSettings):
         ),
     )
     max_to_keep: int = Field(
-        2,
+        TrainOptions.max_to_keep,
         gt=0,
         **_env("MAX_TO_KEEP", expect=POSITIVE_INT, description="Epoch checkpoints kept, besides best_dev."),
     )
-    checkpoint_secs: int = Field(
-        600,
+    checkpoint_secs: float = Field(
+        TrainOptions.checkpoint_secs,
         gt=0,
-        **_env("CHECKPOINT_SECS", expect=POSITIVE_INT, description="Seconds between mid-epoch checkpoints."),
+        **_env(
+            "CHECKPOINT_SECS", expect=POSITIVE_NUMBER, description="Seconds between mid-epoch checkpoints."
+        ),
     )
     amp: Flag = Field(
-        True, **_env("AMP", expect=FLAG, description="Mixed precision on CUDA (ignored on a CPU).")
+        TrainOptions.amp,
+        **_env("AMP", expect=FLAG, description="Mixed precision on CUDA (ignored on a CPU)."),
     )
     seed: int = Field(
-        4568,
+        TrainOptions.seed,
         ge=0,
-        **_env("SEED", expect=NON_NEGATIVE_INT, description="Random seed for shuffling and initialisation."),
+        le=SEED_LIMIT,
+        **_env(
+            "SEED",
+            expect=f"an integer from 0 to {SEED_LIMIT}",
+            description="Random seed for shuffling and initialisation.",
+        ),
+    )
+    batch_seconds: float = Field(
+        0.0,
+        ge=0,
+        **_env(
+            "BATCH_SECONDS",
+            expect="a non-negative number of seconds (0: off)",
+            description="Batches of at most this much padded audio instead of BATCH_SIZE clips (0: off).",
+        ),
+    )
+    lr_schedule: str = Field(
+        TrainOptions.lr_schedule,
+        pattern="^(" + "|".join(LR_SCHEDULES) + ")$",
+        **_env(
+            "LR_SCHEDULE",
+            expect=" or ".join(LR_SCHEDULES),
+            description="constant, or warmup then inverse square-root decay; auto: the model's "
+            "(DeepSpeech constant, conformer warmup-decay).",
+        ),
+    )
+    lr_warmup_steps: int = Field(
+        TrainOptions.lr_warmup_steps,
+        ge=0,
+        **_env("LR_WARMUP_STEPS", expect=NON_NEGATIVE_INT, description="Warmup steps of warmup-decay."),
+    )
+    max_steps_per_epoch: int = Field(
+        0, ge=0, **_env("MAX_STEPS_PER_EPOCH", expect=LIMIT, description="Batches trained per epoch at most.")
+    )
+    max_train_clips: int = Field(
+        0, ge=0, **_env("MAX_TRAIN_CLIPS", expect=LIMIT, description="Training clips used at most.")
+    )
+    max_dev_clips: int = Field(
+        0, ge=0, **_env("MAX_DEV_CLIPS", expect=LIMIT, description="Dev clips used at most.")
+    )
+    train_workers: int = Field(
+        0,
+        ge=0,
+        **_env(
+            "TRAIN_WORKERS",
+            expect="a non-negative integer (0: automatic)",
+            description="DataLoader processes per training process; 0: from the CPUs per GPU.",
+        ),
+    )
+    num_gpus: int = Field(
+        0,
+        ge=0,
+        **_env(
+            "NUM_GPUS",
+            expect="a non-negative integer (0: all visible)",
+            description="GPUs `dsita run` trains on, one process each; 0: every visible GPU.",
+        ),
     )
 
     # Training augmentation (dsita's own; all off by default, so training stays DeepSpeech's).
@@ -225,13 +334,13 @@ class Settings(BaseSettings):
         ),
     )
     aug_speed: float = Field(
-        0.0,
+        AugmentOptions.speed,
         ge=0,
         le=1,
         **_env("AUG_SPEED", expect=PROBABILITY, description="Share of clips played at 0.9x or 1.1x speed."),
     )
     aug_specaugment: float = Field(
-        0.0,
+        AugmentOptions.spec_augment,
         ge=0,
         le=1,
         **_env(
@@ -241,19 +350,19 @@ class Settings(BaseSettings):
         ),
     )
     aug_noise: float = Field(
-        0.0,
+        AugmentOptions.noise,
         ge=0,
         le=1,
         **_env("AUG_NOISE", expect=PROBABILITY, description="Share of clips with noise added at AUG_SNR_DB."),
     )
     aug_gain: float = Field(
-        0.0,
+        AugmentOptions.gain,
         ge=0,
         le=1,
         **_env("AUG_GAIN", expect=PROBABILITY, description="Share of clips with a gain within AUG_GAIN_DB."),
     )
     aug_reverb: float = Field(
-        0.0,
+        AugmentOptions.reverb,
         ge=0,
         le=1,
         **_env(
@@ -263,7 +372,7 @@ class Settings(BaseSettings):
         ),
     )
     aug_noise_dir: OptionalPath = Field(
-        None,
+        AugmentOptions.noise_dir,
         **_env(
             "AUG_NOISE_DIR",
             expect="a folder path",
@@ -271,11 +380,11 @@ class Settings(BaseSettings):
         ),
     )
     aug_snr_db: DecibelRange = Field(
-        (5.0, 30.0),
+        AugmentOptions.snr_db,
         **_env("AUG_SNR_DB", expect="MIN,MAX in dB such as 5,30", description="Range of the noise SNR."),
     )
     aug_gain_db: float = Field(
-        6.0,
+        AugmentOptions.gain_db,
         ge=0,
         **_env(
             "AUG_GAIN_DB",
@@ -284,7 +393,7 @@ class Settings(BaseSettings):
         ),
     )
     aug_rt60: SecondsRange = Field(
-        (0.1, 0.6),
+        AugmentOptions.rt60,
         **_env(
             "AUG_RT60",
             expect="MIN,MAX in seconds, above 0, such as 0.1,0.6",
@@ -294,27 +403,28 @@ class Settings(BaseSettings):
 
     # Language model.
     lm_alpha: float = Field(
-        0.0,
+        LmBuildOptions.alpha,
         ge=0,
         **_env(
             "LM_ALPHA", expect="a non-negative number", description="Language model weight in beam search."
         ),
     )
     lm_beta: float = Field(
-        0.0,
+        LmBuildOptions.beta,
         ge=0,
         **_env("LM_BETA", expect="a non-negative number", description="Word insertion bonus in beam search."),
     )
-    lm_evaluate_range: Annotated[LmEvaluateRange | None, NoDecode, BeforeValidator(_parse_range)] = Field(
+    lm_evaluate_range: Annotated[LmEvaluateRange | None, BeforeValidator(_parse_range)] = Field(
         None,
         **_env(
             "LM_EVALUATE_RANGE",
-            expect="empty or MAX_ALPHA,MAX_BETA,N_TRIALS such as 5,5,600",
-            description="Alpha/beta search box and trial count; empty skips the search.",
+            expect="empty, MAX_ALPHA,MAX_BETA,N_TRIALS such as 5,5,600, or pairs such as '0.5,1.5 0.6,1.4'",
+            description="Alpha/beta search box and trial count (or pairs to try); empty: a short search "
+            "when alpha and beta were never tuned.",
         ),
     )
     lm_top_k: int = Field(
-        500000,
+        LmBuildOptions.top_k,
         gt=0,
         **_env("LM_TOP_K", expect=POSITIVE_INT, description="Vocabulary size kept for the language model."),
     )
@@ -326,12 +436,22 @@ class Settings(BaseSettings):
             description="LM text for `dsita run`; empty: fortunes-it and dsita's extra sentences.",
         ),
     )
-    kenlm_bin: Path = Field(
-        Path(".cache/kenlm/bin"),
+    lm_memory: str = Field(
+        LmBuildOptions.memory,
+        pattern=r"^([0-9]+%|[0-9]+[kKmMgGtT]?)$",
+        **_env(
+            "LM_MEMORY",
+            expect="a percentage of RAM such as 85% or a size such as 2G",
+            description="KenLM lmplz's sorting memory (-S).",
+        ),
+    )
+    kenlm_bin: OptionalPath = Field(
+        LmBuildOptions.kenlm_bin,
         **_env(
             "KENLM_BIN",
             expect="a folder path",
-            description="Folder of KenLM's lmplz, build_binary and filter (else they are looked up on PATH).",
+            description="Folder of KenLM's lmplz, build_binary and filter; empty: the ones installed with "
+            "dsita, else PATH.",
         ),
     )
 
@@ -340,7 +460,7 @@ class Settings(BaseSettings):
         False, **_env("TRANSFER_LEARNING", expect=FLAG, description="Start from an existing checkpoint.")
     )
     drop_source_layers: int = Field(
-        1,
+        TrainOptions.drop_source_layers,
         ge=0,
         le=5,
         **_env(
@@ -353,9 +473,9 @@ class Settings(BaseSettings):
         None,
         **_env(
             "TRANSFER_CHECKPOINT_DIR",
-            expect="a folder path",
-            description="dsita or DeepSpeech 0.9 checkpoint that TRANSFER_LEARNING starts from "
-            "(default DATA_DIR/transfer-checkpoint).",
+            expect="a folder or archive path",
+            description="dsita or DeepSpeech 0.9 checkpoint that TRANSFER_LEARNING starts from: a folder, or "
+            "a checkpoint_it.tar.xz (default DATA_DIR/transfer-checkpoint).",
         ),
     )
     fast_train: Flag = Field(
@@ -398,12 +518,19 @@ class Settings(BaseSettings):
         ),
     )
     max_secs: float = Field(
-        10.0,
+        ImportOptions.max_secs,
         gt=0,
         **_env(
             "MAX_SECS",
             expect="a positive number of seconds",
             description="Clips longer than this are skipped on import.",
+        ),
+    )
+    import_max_clips: int = Field(
+        0,
+        ge=0,
+        **_env(
+            "IMPORT_MAX_CLIPS", expect=LIMIT, description="Clips imported per split at most (the first ones)."
         ),
     )
     cv_sha256: str = Field(
@@ -415,20 +542,29 @@ class Settings(BaseSettings):
             description="Expected SHA-256 of it.tar.gz, checked before import.",
         ),
     )
+    cv_sha1: str = Field(
+        "",
+        pattern=r"^([0-9a-fA-F]{40})?$",
+        **_env(
+            "CV_SHA1",
+            expect="empty or 40 hexadecimal digits",
+            description="Expected SHA-1 of it.tar.gz (as the French README gives it), checked before import.",
+        ),
+    )
 
     # Model metadata written into exports.
     model_name: str = Field(
-        "dsita-it",
+        ModelInfo.name,
         min_length=1,
         **_env("MODEL_NAME", expect="a non-empty name", description="Model name in the release metadata."),
     )
     model_author: str = Field(
-        "dsita contributors",
+        ModelInfo.author,
         min_length=1,
         **_env("MODEL_AUTHOR", expect="a non-empty name", description="Author in the release metadata."),
     )
     model_version: str = Field(
-        "0.1.0",
+        ModelInfo.version,
         min_length=1,
         **_env(
             "MODEL_VERSION",
@@ -437,50 +573,56 @@ class Settings(BaseSettings):
         ),
     )
     model_license: str = Field(
-        "CC-BY-4.0",
+        ModelInfo.license,
         min_length=1,
         **_env("MODEL_LICENSE", expect="a licence identifier", description="Licence of the released model."),
     )
 
     @model_validator(mode="before")
     @classmethod
-    def _recommended_augmentation(cls, data: Any) -> Any:
-        """AUGMENT=1: AUG_* probabilities that no flag, variable or env file sets take recommended values.
-
-        Applied to the values themselves, so `dsita config` and a saved settings.env show what trains.
-        """
+    def _apply_presets(cls, data: Any) -> Any:
+        """Each preset flag that is on gives its values to the fields nothing else sets."""
         if not isinstance(data, dict):
             return data
-        given = next(
-            (data[name] for name in ("augment", *cls.field_env_names("augment")) if name in data), False
-        )
-        try:
-            if not _parse_flag(given):
-                return data
-        except ValueError:
-            return data  # the AUGMENT field reports its bad value
-        unset = {
-            field: prob
-            for field, prob in RECOMMENDED_AUGMENTATION.items()
-            if not any(name in data for name in (field, *cls.field_env_names(field)))
-        }
-        return {**data, **unset}
+        for flag, values in PRESETS.items():
+            given = next((data[name] for name in (flag, *cls.field_env_names(flag)) if name in data), False)
+            try:
+                if not parse_flag(given):
+                    continue
+            except ValueError:
+                continue  # the flag's own field reports its bad value
+            unset = {
+                field: value
+                for field, value in values.items()
+                if not any(name in data for name in (field, *cls.field_env_names(field)))
+            }
+            data = {**data, **unset}
+        return data
 
     @classmethod
     def field_env_name(cls, field: str) -> str:
-        return cls.model_fields[field].json_schema_extra["env"]  # type: ignore[index]
+        """The environment variable of a field (its main name)."""
+        return str(cls.model_fields[field].json_schema_extra["env"])  # type: ignore[index]
 
     @classmethod
     def field_env_names(cls, field: str) -> list[str]:
+        """The environment variable of a field and its aliases."""
         extra = cls.model_fields[field].json_schema_extra
         return [extra["env"], *extra["aliases"]]  # type: ignore[index]
 
+    @classmethod
+    def expected(cls, field: str) -> str:
+        """What a valid value of a field looks like, in words."""
+        return str(cls.model_fields[field].json_schema_extra["expect"])  # type: ignore[index]
+
     @property
     def transfer_checkpoint_path(self) -> Path:
+        """TRANSFER_CHECKPOINT_DIR, or its default under DATA_DIR."""
         return self.transfer_checkpoint_dir or self.data_dir / "transfer-checkpoint"
 
     @property
     def language_alphabet(self) -> Literal["italian", "english"]:
+        """Which alphabet these settings train on."""
         return "english" if self.english_compatible else "italian"
 
     def env_value(self, field: str) -> str:
@@ -498,54 +640,9 @@ class Settings(BaseSettings):
 
     def to_env_text(self) -> str:
         """An env file that rebuilds these settings (saved next to checkpoints and releases)."""
-        return "".join(f"{self.field_env_name(f)}={self.env_value(f)}\n" for f in type(self).model_fields)
-
-
-Source = str  # "flag", "environment", "env file PATH" or "default"
-
-
-def load_settings(
-    env_file: str | Path | None = None, overrides: dict[str, Any] | None = None
-) -> tuple[Settings, dict[str, Source]]:
-    """Build the settings and report where each value came from.
-
-    `overrides` are command-line flags by field name; None values mean "not given".
-    """
-    flags = {k: v for k, v in (overrides or {}).items() if v is not None}
-    file_values: dict[str, str | None] = {}
-    if env_file is not None:
-        env_path = Path(env_file)
-        if not env_path.is_file():
-            raise SettingsError(f"env file {env_path} not found: expected a file of NAME=value lines")
-        file_values = dotenv_values(env_path)
-    try:
-        settings = Settings(_env_file=env_file, **flags)
-    except ValidationError as exc:
-        raise SettingsError(_describe_error(exc)) from None
-
-    sources: dict[str, Source] = {}
-    for field in Settings.model_fields:
-        names = Settings.field_env_names(field)
-        in_environ = [n for n in names if n in os.environ]
-        in_file = [n for n in names if n in file_values]
-        if field in flags:
-            sources[field] = "flag"
-        elif in_environ:
-            sources[field] = f"environment ({in_environ[0]})"
-        elif in_file:
-            sources[field] = f"env file {env_file} ({in_file[0]})"
-        elif field in RECOMMENDED_AUGMENTATION and settings.augment:
-            sources[field] = "AUGMENT=1"
-        else:
-            sources[field] = "default"
-    return settings, sources
-
-
-def _describe_error(exc: ValidationError) -> str:
-    error = exc.errors()[0]
-    field = str(error["loc"][0]) if error["loc"] else ""
-    for name, info in Settings.model_fields.items():
-        extra = info.json_schema_extra
-        if field == name or field in [extra["env"], *extra["aliases"]]:  # type: ignore[index]
-            return f"{extra['env']} must be {extra['expect']}, got {str(error.get('input'))!r}"  # type: ignore[index]
-    return f"invalid settings: {error['msg']}"
+        lines = []
+        for field in type(self).model_fields:
+            value = self.env_value(field)
+            quoted = f'"{value}"' if " " in value or "#" in value else value
+            lines.append(f"{self.field_env_name(field)}={quoted}\n")
+        return "".join(lines)

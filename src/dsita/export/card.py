@@ -1,0 +1,126 @@
+"""What a release says about its model: the metadata written into the graphs and the model card.
+
+Torch-free. Test WER/CER come from the evaluation reports next to the checkpoint (`dsita train`,
+`dsita evaluate`, the `test` step); a figure with no report is written as "not measured", never a
+placeholder.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from dsita.inference.package import INPUT, LENGTHS_IN, LENGTHS_OUT, LOGITS, MODEL_FILE
+
+NOT_MEASURED = "not measured"
+RELEASE_ZIP = "it-it.zip"  # named here for the card's usage line; `dsita.export.release` writes it
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Who made the model and under which terms (MODEL_NAME, MODEL_AUTHOR, MODEL_VERSION, MODEL_LICENSE)."""
+
+    name: str = "dsita-it"
+    author: str = "dsita contributors"
+    version: str = "0.1.0"
+    license: str = "CC-BY-4.0"
+
+
+def evaluation_metrics(folder: Path) -> dict[str, object]:
+    """Test WER and CER, greedy and with the LM, from the newest `test_report*.json` of each kind."""
+    reports = sorted(folder.glob("test_report*.json"), key=lambda p: p.stat().st_mtime)
+    metrics: dict[str, object] = {
+        f"test_{m}_{d}": NOT_MEASURED for d in ("greedy", "lm") for m in ("wer", "cer")
+    }
+    for path in reports:  # oldest first, so the newest report of a kind wins
+        try:
+            report = json.loads(path.read_text(encoding="utf-8"))
+            decoder, wer, cer = str(report["decoder"]), float(report["wer"]), float(report["cer"])
+            clips = len(report["samples"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # not an evaluation report
+        kind = "greedy" if decoder == "greedy" else "lm"
+        metrics.update({f"test_wer_{kind}": round(wer, 4), f"test_cer_{kind}": round(cer, 4)})
+        metrics[f"test_clips_{kind}"] = clips
+        if kind == "lm":
+            metrics["test_decoder_lm"] = decoder
+    return metrics
+
+
+def model_card(metadata: Mapping[str, object], parameters: int) -> str:
+    """MODEL_CARD.md: YAML front matter of every metadata value, then the model in words."""
+    front = "".join(f"{key}: {json.dumps(value, ensure_ascii=False)}\n" for key, value in metadata.items())
+    m = metadata
+
+    def pct(key: str) -> str:
+        value = m[key]
+        return f"{value:.2%}" if isinstance(value, float) else str(value)
+
+    lm_line = (
+        f"The scorer's default weights: alpha {m['lm_alpha']}, beta {m['lm_beta']}."
+        if isinstance(m["lm_alpha"], float)
+        else "No scorer is included: decoding is greedy."
+    )
+    return f"""---
+{front}---
+
+# {m["model_name"]} {m["model_version"]}
+
+Italian ({m["language"]}) speech-to-text: {m["description"]} with {parameters:,} parameters,
+trained with dsita {m["dsita_version"]}, by {m["model_author"]}, under the {m["model_license"]} licence.
+
+## Use
+
+    dsita transcribe clip.wav --model {RELEASE_ZIP}
+
+with dsita installed, or in Python: `dsita.load_model("{RELEASE_ZIP}").transcribe("clip.wav").text`.
+Any sample rate and channel count is converted to {m["sample_rate"]} Hz mono. Inference needs onnxruntime,
+numpy, soundfile, soxr and flashlight-text; no torch.
+
+## Evaluation (test split)
+
+| decoding | WER | CER |
+|---|---|---|
+| greedy | {pct("test_wer_greedy")} | {pct("test_cer_greedy")} |
+| beam search with the LM | {pct("test_wer_lm")} | {pct("test_cer_lm")} |
+
+{lm_line}
+Training data (hours): {m["training_hours"]}.
+
+## Inputs and outputs
+
+{_graph_io(m)} Graph version {m["graph_version"]}.
+"""
+
+
+def _features_in_words(m: Mapping[str, object]) -> str:
+    window = f"{m['window_ms']} ms windows every {m['step_ms']} ms"
+    if "n_context" in m:
+        context = f"{m['n_context']} frames of context each side"
+        return f"MFCC features ({m['n_mfcc']} coefficients, {window}, {context})"
+    return (
+        f"log-mel features ({m['input_width']} channels, {window}, each channel normalised to zero mean and "
+        "unit variance over the segment, zero past each item's length)"
+    )
+
+
+def _graph_io(m: Mapping[str, object]) -> str:
+    """What the graph takes and returns: a streaming graph with its state, or a segment graph."""
+    outputs = len(m["alphabet"]) + 1  # type: ignore[arg-type]
+    step = f"one step every {m['output_step_ms']} ms; the CTC blank is last"
+    features = f"`{INPUT}` (batch, time, {m['input_width']}) {_features_in_words(m)}"
+    if m["graph"] == "segment":
+        return (
+            f"`{MODEL_FILE}` takes {features} and `{LENGTHS_IN}` (batch); it returns `{LOGITS}` (batch, "
+            f"steps, {outputs}; {step}) and `{LENGTHS_OUT}` (batch). There is no streaming state: each call "
+            "transcribes whole segments."
+        )
+    names: list[str] = list(m["state_names"])  # type: ignore[call-overload]
+    states_in = ", ".join(f"`previous_state_{name}`" for name in names)
+    states_out = ", ".join(f"`new_state_{name}`" for name in names)
+    return (
+        f"`{MODEL_FILE}` takes {features} and the state {states_in} (batch, {m['state_width']}); it returns "
+        f"`{LOGITS}` (batch, time, {outputs}; {step}) and the state for the next chunk, {states_out}."
+    )
