@@ -25,9 +25,8 @@ import numpy as np
 import torch
 
 from dsita.audio import SAMPLE_RATE
-from dsita.data.augment import AugmentOptions, augment_waveforms
-from dsita.data.channel import (
-    ChannelOptions,
+from dsita.data.augmentation.batch import augment_batch
+from dsita.data.augmentation.channel import (
     add_babble,
     apply_response,
     band_response,
@@ -37,23 +36,22 @@ from dsita.data.channel import (
     codec_round_trip,
     compress,
     mu_law,
-    parse_codec,
     random_eq_response,
     random_mic_response,
     resample_round_trip,
 )
-from dsita.data.clips import ImportOptions
-from dsita.data.commonvoice import import_common_voice
-from dsita.data.csvs import read_csv
-from dsita.data.dataset import read_wav, speed_perturb
-from dsita.data.speaker import (
-    SpeakerOptions,
+from dsita.data.augmentation.options import AugmentOptions, ChannelOptions, SpeakerOptions, parse_codec
+from dsita.data.augmentation.speaker import (
     change_tempo,
     formant_shift,
     pitch_shift,
     speaker_waveforms,
     vtlp,
 )
+from dsita.data.clips import ImportOptions
+from dsita.data.commonvoice import import_common_voice
+from dsita.data.csvs import read_csv
+from dsita.data.dataset import read_wav, speed_perturb
 from dsita.text.alphabet import Alphabet
 
 REPO = Path(__file__).resolve().parents[1]
@@ -115,11 +113,13 @@ def batch_cases(waveforms: torch.Tensor, lengths: torch.Tensor) -> dict[str, Cal
         "clipping (1 %)": lambda: clip(waveforms, lengths, full(0.01)),
         "compression (-20 dB, 6:1)": lambda: compress(waveforms, lengths, full(-20.0), full(6.0)),
         "mu-law": lambda: mu_law(waveforms),
-        "channel: all eight, drawn": lambda: channel_waveforms(waveforms, lengths, all_channel, generator()),
-        "existing: noise": lambda: augment_waveforms(
+        "channel: the line's seven, drawn": lambda: channel_waveforms(
+            waveforms, lengths, all_channel, generator()
+        ),
+        "existing: noise": lambda: augment_batch(
             waveforms, lengths, AugmentOptions(noise=1), None, generator()
         ),
-        "existing: reverb": lambda: augment_waveforms(
+        "existing: reverb": lambda: augment_batch(
             waveforms, lengths, AugmentOptions(reverb=1), None, generator()
         ),
     }

@@ -35,8 +35,11 @@ import sys
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
+from typing import Any
 
-from dsita.data.augment import AugmentOptions
+from dsita.data.augmentation.options import AugmentOptions
+from dsita.text.alphabet import Alphabet
+from dsita.training.options import TrainOptions
 
 WORK = Path("data/quality-v2")
 TEST_SETS = ("espeak", "festival")
@@ -154,8 +157,6 @@ def run_row(args: argparse.Namespace, row: str) -> None:
     import torch
 
     from dsita.model import build_model, count_parameters, new_model_config
-    from dsita.text.alphabet import Alphabet
-    from dsita.training.loop import TrainOptions, model_config, train
 
     torch.set_num_threads(1)
     model_name, augment = row.split(":")
@@ -186,48 +187,73 @@ def run_row(args: argparse.Namespace, row: str) -> None:
         max_dev_clips=300,
         show_progress=False,
     )
-    # CPU time spent so far, kept per chunk so that a killed row resumes with its budget.
+    spent = train_within_budget(options, alphabet, row_dir, args.minutes, args.chunk_steps, row)
+    training = {
+        "row": row,
+        "n_hidden": n_hidden if model_name == "deepspeech" else None,
+        **training_summary(options, spent, n_outputs),
+    }
+    (row_dir / "training.json").write_text(json.dumps(training, indent=2) + "\n", encoding="utf-8")
+
+
+def train_within_budget(
+    options: TrainOptions, alphabet: Alphabet, row_dir: Path, minutes: float, chunk_steps: int, label: str
+) -> dict[str, float]:
+    """Train `options` for `minutes` of this process's CPU time, in chunks of `chunk_steps` batches (one
+    "epoch" each, with its dev loss); the last chunk is cut short to end within the budget rather than
+    skipped. The CPU time spent is saved per chunk (`budget.json`), so a killed row resumes with its budget.
+    Returns what was spent."""
+    from dsita.training.loop import train
+
     spent_path = row_dir / "budget.json"
     spent = {"cpu_seconds": 0.0, "wall_seconds": 0.0, "chunks": 0, "last_chunk_seconds": 0.0}
     if spent_path.exists():
         spent = json.loads(spent_path.read_text())
-    budget = args.minutes * 60
+    budget = minutes * 60
     while True:
         remaining, last = budget - spent["cpu_seconds"], spent["last_chunk_seconds"]
-        # The last chunk is cut short to end within the budget rather than skipped.
-        steps = int(args.chunk_steps * min(1.0, remaining / last)) if last > 0 else args.chunk_steps
+        steps = int(chunk_steps * min(1.0, remaining / last)) if last > 0 else chunk_steps
         if remaining <= 0 or steps < 10:
             break
         start, wall_start = time.process_time(), time.monotonic()
-        train(replace(options, epochs=spent["chunks"] + 1, max_steps_per_epoch=steps), alphabet)
+        train(replace(options, epochs=int(spent["chunks"]) + 1, max_steps_per_epoch=steps), alphabet)
         spent["last_chunk_seconds"] = time.process_time() - start
         spent["cpu_seconds"] += spent["last_chunk_seconds"]
         spent["wall_seconds"] += time.monotonic() - wall_start
         spent["chunks"] += 1
         spent_path.write_text(json.dumps(spent) + "\n", encoding="utf-8")
         print(
-            f"{row}: chunk {spent['chunks']} ({steps} steps), {spent['cpu_seconds'] / 60:.1f} CPU min",
+            f"{label}: chunk {spent['chunks']} ({steps} steps), {spent['cpu_seconds'] / 60:.1f} CPU min",
             flush=True,
         )
+    return spent
 
-    metrics = [
-        json.loads(line) for line in (options.checkpoint_dir / "metrics.jsonl").read_text().splitlines()
-    ]
+
+def epoch_metrics(checkpoint_dir: Path) -> list[dict[str, Any]]:
+    """The per-epoch (per-chunk) records of metrics.jsonl, without the checkpoint averages' records."""
+    lines = (checkpoint_dir / "metrics.jsonl").read_text().splitlines()
+    return [record for record in map(json.loads, lines) if "epoch" in record]
+
+
+def training_summary(options: TrainOptions, spent: dict[str, float], n_outputs: int) -> dict[str, Any]:
+    """Parameters, CPU and wall minutes, steps, speed, best dev loss and the dev curve of a trained row."""
+    from dsita.model import build_model, count_parameters
+    from dsita.training.loop import model_config
+
+    metrics = epoch_metrics(options.checkpoint_dir)
     audio_seconds = sum(m["audio_seconds_per_second"] * m["seconds"] for m in metrics)
-    training = {
-        "row": row,
+    return {
         "parameters": count_parameters(build_model(model_config(options, n_outputs))),
-        "n_hidden": n_hidden if model_name == "deepspeech" else None,
         "cpu_minutes": spent["cpu_seconds"] / 60,
         "wall_minutes": spent["wall_seconds"] / 60,
         "chunks": spent["chunks"],
         "steps": metrics[-1]["step"],
         "audio_seconds_per_second": audio_seconds / sum(m["seconds"] for m in metrics),
+        "audio_seconds_per_cpu_second": audio_seconds / spent["cpu_seconds"],
         "best_dev_loss": min(m["dev_loss"] for m in metrics),
         "augment": {k: str(v) for k, v in asdict(options.augment).items()},
         "curve": [(m["step"], m["dev_loss"]) for m in metrics],
     }
-    (row_dir / "training.json").write_text(json.dumps(training, indent=2) + "\n", encoding="utf-8")
 
 
 def evaluate_row(args: argparse.Namespace, row: str) -> None:
@@ -236,12 +262,6 @@ def evaluate_row(args: argparse.Namespace, row: str) -> None:
     import torch
 
     from dsita.data.dataset import load_samples
-    from dsita.decoding.batch import BatchDecoder
-    from dsita.decoding.beam import DecoderOptions
-    from dsita.evaluation.evaluate import evaluate_logits, model_logits
-    from dsita.evaluation.tune import OptimizeOptions, optimize
-    from dsita.lm.scorer import load_scorer
-    from dsita.text.alphabet import Alphabet
     from dsita.training.checkpoint import BEST_DEV, load_trained_model
 
     torch.set_num_threads(1)
@@ -255,43 +275,68 @@ def evaluate_row(args: argparse.Namespace, row: str) -> None:
     }
     alphabet = Alphabet.italian()
     model, _ = load_trained_model(row_dir / "checkpoints" / BEST_DEV)
-    device = torch.device("cpu")
-    scorer_dir = row_dir / "scorer"
-    shutil.rmtree(scorer_dir, ignore_errors=True)
-    shutil.copytree(work / "scorer", scorer_dir)
     dev = load_samples([work / "espeak" / "dev.csv"], alphabet)[: args.tune_clips]
-    tuned = optimize(
-        load_scorer(scorer_dir),
-        dev,
-        model_logits(model, dev, alphabet, device),
-        alphabet,
-        OptimizeOptions(n_trials=args.trials, workers=1),
-        key=row.replace(":", "-"),
-    )
+    tuned = tune_scorer(model, alphabet, dev, work / "scorer", row_dir / "scorer", args.trials, row)
     result["alpha"], result["beta"] = tuned.alpha, tuned.beta
-    result["tests"] = {}
-    with BatchDecoder(alphabet, tuned.scorer, workers=1) as decoder:
-        for name, csvs in test_sets(work).items():
-            samples = load_samples(csvs, alphabet)
-            logits = model_logits(model, samples, alphabet, device)
-            greedy = evaluate_logits(
-                samples, model_logits(model, samples, alphabet, device), BatchDecoder(alphabet)
-            )
+    sets = {name: load_samples(csvs, alphabet) for name, csvs in test_sets(work).items()}
+    result["tests"] = score_test_sets(model, alphabet, tuned.scorer, sets, lexicon_free=("espeak",))
+    (row_dir / "result.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    print(json.dumps(result["tests"]), flush=True)
+
+
+def tune_scorer(
+    model: Any, alphabet: Alphabet, dev: list[Any], scorer: Path, copy_to: Path, trials: int, key: str
+) -> Any:
+    """alpha/beta tuned by `trials` Optuna trials on the `dev` samples, in a copy of the scorer folder (so
+    rows never share a study or a default); returns the optimizer's result (`.scorer`, `.alpha`, `.beta`)."""
+    import torch
+
+    from dsita.evaluation.evaluate import model_logits
+    from dsita.evaluation.tune import OptimizeOptions, optimize
+    from dsita.lm.scorer import load_scorer
+
+    shutil.rmtree(copy_to, ignore_errors=True)
+    shutil.copytree(scorer, copy_to)
+    logits = model_logits(model, dev, alphabet, torch.device("cpu"))
+    options = OptimizeOptions(n_trials=trials, workers=1)
+    return optimize(load_scorer(copy_to), dev, logits, alphabet, options, key=key.replace(":", "-"))
+
+
+def score_test_sets(
+    model: Any,
+    alphabet: Alphabet,
+    scorer: Any,
+    sets: dict[str, list[Any]],
+    lexicon_free: tuple[str, ...] = (),
+) -> dict[str, dict[str, float]]:
+    """Greedy and LM (lexicon, beam 500) CER and WER of the model on each named list of samples, and for the
+    names in `lexicon_free` also lexicon-free (beam 100): one forward pass per set."""
+    import torch
+
+    from dsita.decoding.batch import BatchDecoder
+    from dsita.decoding.beam import DecoderOptions
+    from dsita.evaluation.evaluate import evaluate_logits, model_logits
+
+    results = {}
+    with BatchDecoder(alphabet, scorer, workers=1) as decoder:
+        for name, samples in sets.items():
+            logits = model_logits(model, samples, alphabet, torch.device("cpu"))
+            greedy = evaluate_logits(samples, logits, BatchDecoder(alphabet))
             with_lm = evaluate_logits(samples, logits, decoder)
-            result["tests"][name] = {
+            results[name] = {
                 "clips": len(samples),
                 "greedy_cer": greedy.cer,
                 "greedy_wer": greedy.wer,
                 "lm_cer": with_lm.cer,
                 "lm_wer": with_lm.wer,
             }
-            if name == "espeak":
+            if name in lexicon_free:
                 free = evaluate_logits(
                     samples, logits, decoder, DecoderOptions(beam_width=100, lexicon_free=True)
                 )
-                result["tests"][name] |= {"lm_free_cer": free.cer, "lm_free_wer": free.wer}
-    (row_dir / "result.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    print(json.dumps(result["tests"]), flush=True)
+                results[name] |= {"lm_free_cer": free.cer, "lm_free_wer": free.wer}
+            print(f"{name}: {json.dumps(results[name])}", flush=True)
+    return results
 
 
 # ---------------------------------------------------------------------------------------------- driver
@@ -350,10 +395,8 @@ def print_table(work: Path, rows: list[str]) -> None:
         model, augment = row.split(":")
         # Audio seconds trained per CPU second (dev loss included): unlike wall-clock speed, this does not
         # depend on what else shared the machine.
-        metrics = (work / "rows" / row.replace(":", "-") / "checkpoints" / "metrics.jsonl").read_text()
-        audio = sum(
-            m["audio_seconds_per_second"] * m["seconds"] for m in map(json.loads, metrics.splitlines())
-        )
+        metrics = epoch_metrics(work / "rows" / row.replace(":", "-") / "checkpoints")
+        audio = sum(m["audio_seconds_per_second"] * m["seconds"] for m in metrics)
         speed = audio / (r["cpu_minutes"] * 60)
         line = f"| {model} | {augment} | {r['parameters'] / 1e6:.2f} M | {speed:.1f} | {r['steps']} |"
         for name in TEST_SETS:

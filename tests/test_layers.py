@@ -9,6 +9,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "dsita"
 # Lowest first. A module may import its own package and the layers below it, never one above.
 LAYERS = (
     ("errors", "fileio", "progress"),
+    ("system",),
     ("audio",),
     ("text",),
     ("model",),
@@ -27,7 +28,7 @@ LAYERS = (
     ("cli", "__init__"),
 )
 RANK = {name: rank for rank, names in enumerate(LAYERS) for name in names}
-TORCH_FREE = ("audio", "text", "lm", "decoding", "inference", "settings", "progress")
+TORCH_FREE = ("system", "audio", "text", "lm", "decoding", "inference", "settings", "progress")
 
 
 def unit(module: Path) -> str:

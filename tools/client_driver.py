@@ -3,12 +3,20 @@
 A test tool, not part of dsita: it imports only the client and the standard library, so it runs on Python
 3.9. Reads a JSON job from argv[1] and writes a JSON result to argv[2]:
 
-job:    {"module": "deepspeech" | "stt", "model": path, "scorer": path | null, "beam_width": int | null,
-         "clips": [16 kHz mono int16 WAV paths], "num_results": int,
-         "decode": [{"probs": .npy path (steps, n_outputs) float32, "alphabet": alphabet.txt}] | absent}
-result: {"version": str, "sample_rate": int, "beam_width": int, "load_seconds": float,
-         "clips": [{"candidates": [[confidence, text], ...], "seconds": float}],
-         "decoded": [[[confidence, text], ...], ...]}
+job:    {"module": "deepspeech" | "stt", "model": path, "beam_width": int | null, "num_results": int,
+         "passes": [{"scorer": path | null, "beam_width": int | null, "clips": [16 kHz mono int16 WAVs],
+                     "decode": [{"probs": .npy path (steps, n_outputs) float32, "alphabet": alphabet.txt}]}]}
+        (without "passes", the job's own "scorer", "clips" and "decode" are its one pass)
+result: {"version": str, "sample_rate": int, "default_beam_width": int, "beam_width": int,
+         "load_seconds": float,
+         "passes": [{"beam_width": int, "scorer_weights": [alpha, beta] | null,
+                     "clips": [{"candidates": [[confidence, text], ...], "seconds": float}],
+                     "decoded": [[[confidence, text], ...], ...]}],
+         "clips", "decoded": the first pass's}
+
+One model serves every pass: a pass with a scorer enables it (`enableExternalScorer`, the package's own
+alpha and beta), a pass without disables it. `default_beam_width` is the graph's (its metadata); a pass
+runs at its own "beam_width", else the job's, else that default.
 
 With "module": "tflite_runtime" the job is instead {"model": .tflite path, "features": [.npy (steps, 494)],
 "windows": .npy (n, 512)} and the graph runs in TFLite's own Python interpreter (not a client): the acoustic
@@ -17,8 +25,9 @@ the MFCC front end on each 512-sample window; result {"probs": [.npy written bes
 "mfccs": .npy beside the windows}.
 
 "decode" runs the client's own CTC beam search (ds_ctcdecoder / coqui_stt_ctcdecoder, the decoder the client
-embeds) on probabilities computed elsewhere, with the client's settings (cutoff_prob 1.0, cutoff_top_n 40),
-so a caller can compare the client's confidences with those of its own probabilities.
+embeds) on probabilities computed elsewhere, with the client's settings (cutoff_prob 1.0, cutoff_top_n 40)
+and the pass's scorer at the package's alpha and beta (`scorer_weights`, as the decoder module reads them), so
+a caller can compare the client's confidences with those of its own probabilities.
 """
 
 import importlib
@@ -39,53 +48,81 @@ def read_wav(path):
 
 
 def transcribe(job, client):
-    """Load the model (and scorer), then every clip through sttWithMetadata."""
+    """Load the model once, then every pass's clips through sttWithMetadata, with or without its scorer."""
     start = time.perf_counter()
     model = client.Model(job["model"])
-    if job.get("beam_width"):
-        model.setBeamWidth(job["beam_width"])
-    if job.get("scorer"):
-        model.enableExternalScorer(job["scorer"])
+    default_beam_width = model.beamWidth()
     result = {
         "version": client.version(),
         "sample_rate": model.sampleRate(),
-        "beam_width": model.beamWidth(),
+        "default_beam_width": default_beam_width,
+        "beam_width": job.get("beam_width") or default_beam_width,
         "load_seconds": time.perf_counter() - start,
-        "clips": [],
+        "passes": [],
     }
-    for path in job["clips"]:
-        audio, rate = read_wav(path)
-        if rate != model.sampleRate():
-            raise SystemExit(f"{path}: {rate} Hz, the model needs {model.sampleRate()} Hz")
-        start = time.perf_counter()
-        metadata = model.sttWithMetadata(audio, job.get("num_results", 1))
-        seconds = time.perf_counter() - start
-        candidates = [[t.confidence, "".join(token.text for token in t.tokens)] for t in metadata.transcripts]
-        result["clips"].append({"candidates": candidates, "seconds": seconds})
+    for one in job.get("passes", [job]):
+        beam_width = one.get("beam_width") or result["beam_width"]
+        model.setBeamWidth(beam_width)
+        if one.get("scorer"):
+            model.enableExternalScorer(one["scorer"])
+        else:
+            model.disableExternalScorer()
+        clips = []
+        for path in one.get("clips", []):
+            audio, rate = read_wav(path)
+            if rate != model.sampleRate():
+                raise SystemExit(f"{path}: {rate} Hz, the model needs {model.sampleRate()} Hz")
+            start = time.perf_counter()
+            metadata = model.sttWithMetadata(audio, job.get("num_results", 1))
+            seconds = time.perf_counter() - start
+            candidates = [
+                [t.confidence, "".join(token.text for token in t.tokens)] for t in metadata.transcripts
+            ]
+            clips.append({"candidates": candidates, "seconds": seconds})
+        weights, decoded = decode(job, one, beam_width)
+        result["passes"].append(
+            {"beam_width": beam_width, "scorer_weights": weights, "clips": clips, "decoded": decoded}
+        )
+    result["clips"], result["decoded"] = result["passes"][0]["clips"], result["passes"][0]["decoded"]
     return result
 
 
-def decode(job, beam_width):
-    """The client's decoder on given probabilities."""
+def load_scorer(decoder, path, alphabet):
+    """The decoder module's Scorer from a package, at the package's own alpha and beta."""
+    scorer = decoder.Scorer()
+    # coqui_stt_ctcdecoder's name for it, then ds_ctcdecoder's
+    init = getattr(scorer, "init_from_filepath", None) or scorer.init
+    error = init(path.encode("utf-8"), alphabet)
+    if error != 0:
+        raise SystemExit(f"{path}: the decoder refused the scorer (error 0x{error:X})")
+    return scorer
+
+
+def decode(job, one, beam_width):
+    """([alpha, beta] of the pass's scorer or None, the client's decoder on the pass's probabilities)."""
+    if not one.get("decode"):
+        return None, []
     import numpy as np
 
     name = "ds_ctcdecoder" if job["module"] == "deepspeech" else "coqui_stt_ctcdecoder"
     decoder = importlib.import_module(name)
+    alphabet = decoder.Alphabet(one["decode"][0]["alphabet"])
+    scorer = load_scorer(decoder, one["scorer"], alphabet) if one.get("scorer") else None
     out = []
-    for item in job.get("decode", []):
+    for item in one["decode"]:
         probs = np.load(item["probs"]).astype(np.float64)
-        alphabet = decoder.Alphabet(item["alphabet"])
         beams = decoder.ctc_beam_search_decoder(
             probs,
             alphabet,
             beam_width,
             cutoff_prob=1.0,
             cutoff_top_n=40,
+            scorer=scorer,
             num_results=job.get("num_results", 1),
         )
         # ds_ctcdecoder gives (confidence, text); coqui_stt_ctcdecoder DecodeResult(confidence, text, ...)
         out.append([[float(beam[0]), beam[1]] for beam in beams])
-    return out
+    return ([scorer.alpha, scorer.beta] if scorer else None), out
 
 
 def run_graph(job):
@@ -135,7 +172,6 @@ def main():
         result = run_graph(job)
     else:
         result = transcribe(job, importlib.import_module(job["module"]))
-        result["decoded"] = decode(job, result["beam_width"]) if job.get("decode") else []
     with open(sys.argv[2], "w", encoding="utf-8") as f:
         json.dump(result, f, ensure_ascii=False)
 

@@ -7,6 +7,7 @@ which subsample by 4 afterwards), mel channels from 0 Hz to the Nyquist frequenc
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -234,5 +235,9 @@ def write_wav(
     """
     # Quantizing in numpy is twice as fast as letting libsndfile convert float32.
     pcm = np.clip(np.rint(np.asarray(audio, dtype=np.float32) * 32767.0), -32768, 32767).astype(np.int16)
+    # Encoded in memory, then written by Python: libsndfile writing to a Python file loses the OSError of a
+    # full disk inside its callback (and soundfile then fails a bare assert).
+    encoded = io.BytesIO()
+    sf.write(encoded, pcm, sample_rate, subtype="PCM_16", format="WAV")
     with atomic_write(path, "wb", durable=durable) as f:
-        sf.write(f, pcm, sample_rate, subtype="PCM_16", format="WAV")
+        f.write(encoded.getbuffer())

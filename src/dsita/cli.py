@@ -11,19 +11,42 @@ import sys
 
 from dsita.commands import data, lm, release, serve, training  # noqa: F401  (registers the commands)
 from dsita.commands.base import app, console
-from dsita.errors import DsitaError
+from dsita.errors import DsitaError, PrintableLog
+
+PLAIN_LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
+
+
+def _log_handler() -> logging.Handler:
+    """Rich's handler in a terminal; elsewhere (a file, Docker logs, CI, `nohup`) plain lines with a time,
+    never wrapped: rich would fold them at 80 columns, as it assumes for a console that is not a terminal."""
+    from rich.logging import RichHandler
+
+    if console.is_terminal:
+        handler: logging.Handler = RichHandler(console=console, show_path=False)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(PLAIN_LOG_FORMAT))
+    return handler
 
 
 def main() -> None:
-    from rich.logging import RichHandler
+    from rich.text import Text
 
-    logging.basicConfig(
-        level=logging.INFO, format="%(message)s", handlers=[RichHandler(console=console, show_path=False)]
-    )
+    from dsita.system import disk_error
+
+    handler = _log_handler()
+    handler.addFilter(PrintableLog())
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
     try:
         app()
-    except DsitaError as exc:
-        console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+    except (DsitaError, OSError) as exc:
+        # A full or read-only disk that no command translated itself is still one line.
+        failure = exc if isinstance(exc, DsitaError) else disk_error(exc, None, what="this command")
+        if failure is None:
+            raise
+        # A Text, not markup: a message quoting user text ("[bold]" in a CSV header) prints as it is.
+        console.print(Text.assemble(("error:", "bold red"), f" {failure}"), highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         console.print("[bold red]interrupted[/]")

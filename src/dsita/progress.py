@@ -1,14 +1,19 @@
 """Progress of long work: rich bars with an ETA in a terminal, and a log line at least every 30 seconds.
 
 The log lines reach wherever logging goes (the console, and `dsita run`'s per-step log files), so Docker logs,
-CI and `nohup` show progress too; in a terminal the bars come on top of them.
+CI and `nohup` show progress too; in a terminal the bars come on top of them. DSITA_PROGRESS_INTERVAL_S sets
+the seconds between log lines (0: one per step of work, as the tests read them).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import os
+import threading
 import time
+from collections.abc import Iterator
 from types import TracebackType
 
 from rich.console import Console
@@ -16,6 +21,26 @@ from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemaini
 from rich.progress import Progress as RichProgress
 
 LOG_INTERVAL_S = 30.0
+INTERVAL_VARIABLE = "DSITA_PROGRESS_INTERVAL_S"
+
+
+def log_interval_s() -> float:
+    """Seconds between progress log lines: DSITA_PROGRESS_INTERVAL_S, else (or when it is not a number of
+    seconds, with a warning) LOG_INTERVAL_S."""
+    text = os.environ.get(INTERVAL_VARIABLE, "").strip()
+    if not text:
+        return LOG_INTERVAL_S
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not (math.isfinite(value) and value >= 0):
+        logging.getLogger(__name__).warning(
+            "%s=%r is not a number of seconds (0 or more): progress lines every %g s",
+            *(INTERVAL_VARIABLE, text, LOG_INTERVAL_S),
+        )
+        return LOG_INTERVAL_S
+    return value
 
 
 class Task:
@@ -46,6 +71,27 @@ class Task:
             self._logged = now
             self._owner.logger.info("%s", self.line())
 
+    @contextlib.contextmanager
+    def ticking(self, status: str) -> Iterator[None]:
+        """While the block runs work that reports nothing (an external program), the log line still comes
+        every interval, with `status` and how long it has run."""
+        stop, started = threading.Event(), time.monotonic()
+
+        def beat() -> None:
+            while not stop.wait(min(1.0, max(self._interval_s, 0.2))):
+                self.advance(0, f"{status}, {_duration(time.monotonic() - started)}")
+
+        thread = threading.Thread(target=beat, name="progress-ticker", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
+            self.status = ""  # the program is done: its status would mislead the next lines
+            if self._id is not None and self._owner.bars is not None:
+                self._owner.bars.update(self._id, status="")
+
     def set_total(self, total: float) -> None:
         """The amount of work became known, or grew."""
         self.total = total
@@ -69,9 +115,9 @@ class Task:
 class Progress:
     """Bars (when `show_bars`, i.e. in a terminal) and periodic log lines for one or more tasks."""
 
-    def __init__(self, show_bars: bool, logger: logging.Logger, interval_s: float = LOG_INTERVAL_S) -> None:
+    def __init__(self, show_bars: bool, logger: logging.Logger, interval_s: float | None = None) -> None:
         self.logger = logger
-        self.interval_s = interval_s
+        self.interval_s = log_interval_s() if interval_s is None else interval_s
         self.bars: RichProgress | None = None
         if show_bars:
             self.bars = RichProgress(

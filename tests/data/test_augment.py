@@ -13,9 +13,10 @@ import pytest
 import soundfile as sf
 import torch
 
-from dsita.data.augment import (
-    AugmentOptions,
-    SpecAugment,
+from dsita.data.augmentation.batch import augment_batch, clip_transforms
+from dsita.data.augmentation.options import AugmentOptions, ChannelOptions, SpeakerOptions
+from dsita.data.augmentation.specaugment import SpecAugment
+from dsita.data.augmentation.waveform import (
     add_noise,
     apply_gain,
     augment_waveforms,
@@ -24,9 +25,10 @@ from dsita.data.augment import (
 )
 from dsita.data.dataset import SpeechDataset, load_samples, read_wav
 from dsita.errors import DsitaError
-from dsita.model.features import ContextMfcc
+from dsita.model.features import ContextMfcc, LogMel
 from dsita.settings import load_settings
-from dsita.settings.options import train_options
+from dsita.settings.model import Settings
+from dsita.settings.options import TRAIN_KEY_SETTINGS, train_options
 from dsita.text.alphabet import Alphabet
 from dsita.training.data import load_training_data
 from dsita.training.loop import Distributed, TrainOptions, dataset_loss, train
@@ -231,9 +233,96 @@ def test_spec_augment_probability(clips: list[torch.Tensor]) -> None:
     assert 3 <= sum(touched) <= 21  # of 24
 
 
+# --- SpecAugment widths in time ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("featurizer", [ContextMfcc(), LogMel()], ids=["mfcc-20ms", "logmel-10ms"])
+def test_spec_augment_widths_in_ms_hide_the_same_time_for_either_featurizer(
+    clips: list[torch.Tensor], featurizer: torch.nn.Module
+) -> None:
+    waveforms, lengths = pad(clips)
+    features, frames = featurizer(waveforms, lengths)
+    frame_ms = 1000 * featurizer.step_samples / RATE
+    augment = SpecAugment.for_featurizer(
+        featurizer.frame_size, featurizer.step_samples, 1.0, 1, 160.0, 0, 0.15, RATE
+    )
+    assert augment.max_time_frames == round(160 / frame_ms)  # 8 MFCC frames or 16 log-mel frames
+    widest = 0.0
+    for seed in range(30):
+        masked = augment(features, frames, torch.Generator().manual_seed(seed))
+        for row, n in enumerate(frames.tolist()):
+            # Whole steps zeroed (one time mask, no frequency mask): for stacked MFCCs, the steps whose
+            # centre frame is hidden.
+            frame = masked[row, :n].reshape(n, -1, featurizer.frame_size)
+            centre = frame[:, frame.shape[1] // 2]
+            hidden = int((centre == 0).all(dim=-1).sum())
+            assert hidden <= min(augment.max_time_frames, 0.2 * n)
+            widest = max(widest, hidden * frame_ms)
+    assert widest >= 0.75 * 160  # the widest masks reach about the 160 ms asked
+
+
+def test_spec_augment_time_share_caps_a_short_utterance() -> None:
+    augment = SpecAugment.for_featurizer(1, 160, 1.0, 1, 1000.0, 0, 0.0, RATE)  # 1 s: 100 frames
+    features = torch.ones(1, 40, 1)
+    for seed in range(20):
+        out = augment(features, torch.tensor([40]), torch.Generator().manual_seed(seed))
+        assert int((out == 0).sum()) <= 8  # a fifth of 40 frames, not 100
+
+
+# --- the whole chain ---------------------------------------------------------------------------------------
+
+EVERYTHING = AugmentOptions(
+    speed=1.0, spec_augment=1.0, noise=1.0, gain=1.0, reverb=1.0,
+    speaker=SpeakerOptions(vtlp=1.0, pitch=1.0, formant=1.0, tempo=1.0),
+    channel=ChannelOptions(
+        babble=1.0, mic=1.0, clipping=1.0, compression=1.0, eq=1.0, band_limit=1.0, narrowband=1.0,
+        mu_law=1.0, codec=1.0,
+    ),
+)  # fmt: skip
+
+
+def test_the_batch_chain_keeps_shape_and_padding_follows_the_seed_and_draws_nothing_when_off(
+    clips: list[torch.Tensor],
+) -> None:
+    waveforms, lengths = pad(clips)
+    state = torch.get_rng_state()
+    assert augment_batch(waveforms, lengths, AugmentOptions()) is waveforms
+    assert torch.equal(torch.get_rng_state(), state)
+    out = augment_batch(waveforms, lengths, EVERYTHING, None, torch.Generator().manual_seed(0))
+    assert out.shape == waveforms.shape and torch.isfinite(out).all()
+    for row, length in enumerate(lengths.tolist()):
+        assert not out[row, length:].any()
+        assert not torch.equal(out[row, :length], waveforms[row, :length])
+    again = augment_batch(waveforms, lengths, EVERYTHING, None, torch.Generator().manual_seed(0))
+    assert torch.equal(out, again)
+
+
+def test_clip_transforms_are_those_turned_on(clips: list[torch.Tensor]) -> None:
+    assert clip_transforms(AugmentOptions(speed=1.0, noise=1.0)) == []
+    both = clip_transforms(EVERYTHING)
+    assert [type(t).__name__ for t in both] == ["TempoPerturbation", "CodecRoundTrip"]
+    torch.manual_seed(0)
+    out = both[0](clips[0])
+    assert out.numel() != clips[0].numel()  # tempo changes the length
+
+
 # --- in the training loop ----------------------------------------------------------------------------------
 
-ALL_ON = {"speed": 1.0, "spec_augment": 1.0, "noise": 1.0, "gain": 1.0, "reverb": 1.0}
+ONE_BY_ONE = {
+    "speed": AugmentOptions(speed=1.0),
+    "spec_augment": AugmentOptions(spec_augment=1.0, spec_time_ms=200.0),
+    "noise": AugmentOptions(noise=1.0),
+    "gain": AugmentOptions(gain=1.0),
+    "reverb": AugmentOptions(reverb=1.0),
+    "speaker": AugmentOptions(speaker=SpeakerOptions(vtlp=1.0, pitch=1.0, formant=1.0)),
+    "tempo": AugmentOptions(speaker=SpeakerOptions(tempo=1.0)),
+    "babble": AugmentOptions(channel=ChannelOptions(babble=1.0)),
+    "channel": AugmentOptions(
+        channel=ChannelOptions(mic=1.0, clipping=1.0, compression=1.0, eq=1.0, band_limit=1.0, mu_law=1.0)
+    ),
+    "codec": AugmentOptions(channel=ChannelOptions(codec=1.0)),
+    "all": EVERYTHING,
+}
 
 
 def tiny_options(corpus: Path, checkpoint_dir: Path, augment: AugmentOptions) -> TrainOptions:
@@ -251,6 +340,7 @@ def tiny_options(corpus: Path, checkpoint_dir: Path, augment: AugmentOptions) ->
         max_dev_clips=8,
         augment=augment,
         show_progress=False,
+        device="cpu",  # the CPU even on a GPU machine: the resume test compares runs exactly
     )
 
 
@@ -265,12 +355,12 @@ def plain_run(sample_corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     return metrics(folder)
 
 
-@pytest.mark.parametrize("name", [*ALL_ON, "all"])
+@pytest.mark.parametrize("name", list(ONE_BY_ONE))
 def test_training_augments_train_batches_and_never_dev(
     sample_corpus: Path, tmp_path: Path, plain_run: dict[str, float], name: str
 ) -> None:
     noise_dir = write_noise_folder(tmp_path / "noise")
-    augment = AugmentOptions(**(ALL_ON if name == "all" else {name: 1.0}), noise_dir=noise_dir)
+    augment = dataclasses.replace(ONE_BY_ONE[name], noise_dir=noise_dir)
     options = tiny_options(sample_corpus, tmp_path / "run", augment)
     result = train(options, ITALIAN)
     assert metrics(options.checkpoint_dir)["train_loss"] != pytest.approx(plain_run["train_loss"], rel=1e-6)
@@ -283,28 +373,70 @@ def test_training_augments_train_batches_and_never_dev(
 
 
 def test_resumed_augmented_training_matches_an_uninterrupted_one(sample_corpus: Path, tmp_path: Path) -> None:
-    augment = AugmentOptions(**ALL_ON)
-    straight = dataclasses.replace(tiny_options(sample_corpus, tmp_path / "straight", augment), epochs=2)
-    split = dataclasses.replace(straight, checkpoint_dir=tmp_path / "split")
-    train(dataclasses.replace(split, epochs=1), ITALIAN)
+    # Every augmentation on, and checkpoint averaging, which runs a dev pass when the first part ends.
+    options = dataclasses.replace(
+        tiny_options(sample_corpus, tmp_path / "straight", EVERYTHING), epochs=3, average_checkpoints=2
+    )
+    split = dataclasses.replace(options, checkpoint_dir=tmp_path / "split")
+    train(dataclasses.replace(split, epochs=2), ITALIAN)
     resumed = train(split, ITALIAN).model.state_dict()
-    for key, value in train(straight, ITALIAN).model.state_dict().items():
+    for key, value in train(options, ITALIAN).model.state_dict().items():
         torch.testing.assert_close(resumed[key], value, rtol=0, atol=1e-6)
 
 
-def test_a_feature_cache_refuses_waveform_augmentation(sample_corpus: Path, tmp_path: Path) -> None:
-    options = dataclasses.replace(
-        tiny_options(sample_corpus, tmp_path / "run", AugmentOptions(reverb=0.5)),
-        feature_cache=tmp_path / "f",
-    )
-    with pytest.raises(DsitaError, match="cannot use a feature cache"):
-        train(options, ITALIAN)
+def test_a_feature_cache_refuses_audio_augmentation(sample_corpus: Path, tmp_path: Path) -> None:
+    for augment in (
+        AugmentOptions(reverb=0.5),
+        AugmentOptions(speaker=SpeakerOptions(pitch=0.5)),
+        AugmentOptions(channel=ChannelOptions(codec=0.5)),
+    ):
+        options = dataclasses.replace(
+            tiny_options(sample_corpus, tmp_path / "run", augment), feature_cache=tmp_path / "f"
+        )
+        with pytest.raises(DsitaError, match="cannot use a feature cache"):
+            train(options, ITALIAN)
 
 
 def test_settings_fill_the_train_options(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("AUG_NOISE", "0.25")
     monkeypatch.setenv("AUG_SNR_DB", "0,20")
     monkeypatch.setenv("AUG_NOISE_DIR", str(tmp_path))
-    settings, _ = load_settings(overrides={"aug_rt60": "0.2,0.9"})
-    augment = train_options(settings, [], [], tmp_path).augment
-    assert augment == AugmentOptions(noise=0.25, noise_dir=tmp_path, snr_db=(0, 20), rt60=(0.2, 0.9))
+    monkeypatch.setenv("AUG_VTLP", "0.3")
+    monkeypatch.setenv("AUG_TEMPO_RANGE", "0.8,1.25")
+    monkeypatch.setenv("AUG_CODECS", "mp3:16, opus:12")
+    monkeypatch.setenv("AUG_BABBLE", "0.2")
+    monkeypatch.setenv("AUG_SPEC_TIME_MS", "150")
+    monkeypatch.setenv("AVERAGE_CHECKPOINTS", "4")
+    settings, _ = load_settings(overrides={"aug_rt60": "0.2,0.9", "aug_pitch_semitones": "-2,4"})
+    options = train_options(settings, [], [], tmp_path)
+    assert options.augment == AugmentOptions(
+        noise=0.25,
+        noise_dir=tmp_path,
+        snr_db=(0, 20),
+        rt60=(0.2, 0.9),
+        spec_time_ms=150.0,
+        speaker=SpeakerOptions(vtlp=0.3, tempo_range=(0.8, 1.25), pitch_semitones=(-2.0, 4.0)),
+        channel=ChannelOptions(babble=0.2, codecs=("mp3:16", "opus:12")),
+    )
+    assert options.average_checkpoints == 4
+    # Every AUG_* setting reaches the options and the train step's re-run key.
+    aug_settings = {name for name in Settings.model_fields if name.startswith("aug_")}
+    assert aug_settings <= set(TRAIN_KEY_SETTINGS) and "average_checkpoints" in TRAIN_KEY_SETTINGS
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "expected"),
+    [
+        ("AUG_CODECS", "flac:16", "AUG_CODECS must be comma-separated codec:kbps"),
+        ("AUG_CODECS", "mp3:4", "AUG_CODECS must be comma-separated codec:kbps"),
+        ("AUG_TEMPO_RANGE", "0,1.1", "AUG_TEMPO_RANGE must be MIN,MAX factors above 0"),
+        ("AUG_VTLP", "2", "AUG_VTLP must be a probability from 0 to 1"),
+    ],
+)
+def test_a_bad_augmentation_setting_is_one_line(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, expected: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(DsitaError) as info:
+        load_settings()
+    assert str(info.value).startswith(expected) and "\n" not in str(info.value)

@@ -11,7 +11,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dsita.data.augment import SpecAugment
+from dsita.data.augmentation.specaugment import SpecAugment
 from dsita.data.csvs import Sample, write_csv
 from dsita.data.dataset import (
     BucketBatchSampler,

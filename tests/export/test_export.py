@@ -1,4 +1,4 @@
-"""`dsita export`: ONNX graphs (fp32, int8), their metadata, the model card and the three release files."""
+"""`dsita export`: ONNX graphs (fp32, int8), their metadata, the model card and the four release files."""
 
 from __future__ import annotations
 
@@ -23,8 +23,16 @@ from dsita.decoding.greedy import greedy_text
 from dsita.errors import DsitaError
 from dsita.evaluation.evaluate import score
 from dsita.export.card import ModelInfo
+from dsita.export.ds_scorer import deepspeech_weights
 from dsita.export.onnx import StreamingGraph
-from dsita.export.release import RELEASE_CHECKPOINT, RELEASE_FP32, RELEASE_ZIP, make_release, write_zip
+from dsita.export.release import (
+    RELEASE_CHECKPOINT,
+    RELEASE_FP32,
+    RELEASE_TENSORFLOW,
+    RELEASE_ZIP,
+    make_release,
+    write_zip,
+)
 from dsita.inference.model import onnx_session
 from dsita.inference.package import INPUT, STATE_C_IN, STATE_H_IN
 from dsita.lm.scorer import load_scorer
@@ -35,7 +43,16 @@ from dsita.training.checkpoint import load_trained_model as load_checkpoint_mode
 
 SMALL_MODEL = Path(__file__).parents[1] / "fixtures" / "small_model.pt"
 SCORER_MEMBERS = {"scorer/manifest.json", "scorer/lm.binary", "scorer/vocabulary.txt", "scorer/alphabet.txt"}
-PACKAGE_MEMBERS = {"model.onnx", "alphabet.txt", "MODEL_CARD.md", *SCORER_MEMBERS}
+PACKAGE_MEMBERS = {"model.onnx", "alphabet.txt", "MODEL_CARD.md", "manifest.json", *SCORER_MEMBERS}
+CLIENT_MEMBERS = {"output_graph.tflite", "kenlm.scorer"}  # it-it.zip's files for stt and deepspeech-tflite
+TENSORFLOW_MEMBERS = {"output_graph.pbmm", "kenlm.scorer", "alphabet.txt", "MODEL_CARD.md"}
+# The small model's DeepSpeech 0.9 checkpoint: its step count names it.
+TF_CHECKPOINT_MEMBERS = {
+    "best_dev-720.index",
+    "best_dev-720.data-00000-of-00001",
+    "best_dev_checkpoint",
+    "alphabet.txt",
+}
 
 
 def unpack(release: Path, tmp_path: Path) -> tuple[Path, Path]:
@@ -54,14 +71,18 @@ def front_matter(card: str) -> dict:
 
 def test_release_files_hold_what_the_original_shipped(small_release: Path) -> None:
     assert sorted(p.name for p in small_release.iterdir()) == sorted(
-        [RELEASE_ZIP, RELEASE_FP32, RELEASE_CHECKPOINT]
+        [RELEASE_ZIP, RELEASE_TENSORFLOW, RELEASE_FP32, RELEASE_CHECKPOINT]
     )
     with zipfile.ZipFile(small_release / RELEASE_ZIP) as zf:
-        assert set(zf.namelist()) == PACKAGE_MEMBERS
+        assert set(zf.namelist()) == PACKAGE_MEMBERS | CLIENT_MEMBERS
+        zip_scorer = zf.read("kenlm.scorer")
+    with tarfile.open(small_release / RELEASE_TENSORFLOW) as tf:
+        assert set(tf.getnames()) == TENSORFLOW_MEMBERS
+        assert tf.extractfile("kenlm.scorer").read() == zip_scorer  # type: ignore[union-attr]
     with tarfile.open(small_release / RELEASE_FP32) as tf:
         assert set(tf.getnames()) == PACKAGE_MEMBERS
     with tarfile.open(small_release / RELEASE_CHECKPOINT) as tf:
-        assert set(tf.getnames()) == {SMALL_MODEL.name, "settings.env"}
+        assert set(tf.getnames()) == {SMALL_MODEL.name, "settings.env", *TF_CHECKPOINT_MEMBERS}
         checkpoint = tf.extractfile(SMALL_MODEL.name).read()  # type: ignore[union-attr]
         assert "N_HIDDEN=" in tf.extractfile("settings.env").read().decode()  # type: ignore[union-attr]
     assert checkpoint == SMALL_MODEL.read_bytes()
@@ -128,6 +149,22 @@ def test_metadata_and_model_card(small_release: Path, sample_scorer: Path, tmp_p
     assert front["language"] == "it-IT"
     assert front["n_hidden"] == 256
     assert (front["lm_alpha"], front["lm_beta"]) == (scorer.alpha, scorer.beta)
+    assert front["deepspeech_files"] == [
+        "output_graph.tflite",
+        "output_graph.pbmm",
+        "kenlm.scorer",
+        "best_dev-720",
+    ]
+    assert (front["lm_alpha_deepspeech"], front["lm_beta_deepspeech"]) == pytest.approx(
+        deepspeech_weights(scorer.alpha, scorer.beta)
+    )
+    for command in (
+        "stt --model output_graph.tflite --scorer kenlm.scorer --audio clip.wav",
+        "deepspeech --model output_graph.pbmm --scorer kenlm.scorer --audio clip.wav",
+        "deepspeech --model output_graph.tflite --scorer kenlm.scorer --audio clip.wav",
+    ):
+        assert command in card
+    assert "| `model_tensorflow_it.tar.xz` | `output_graph.pbmm`, `kenlm.scorer`" in card
     # No evaluation report sits next to the fixture checkpoint, and no training CSV was given.
     for key in ("test_wer_greedy", "test_cer_greedy", "test_wer_lm", "test_cer_lm", "training_hours"):
         assert front[key] == "not measured"
@@ -160,18 +197,30 @@ def test_model_card_takes_figures_from_reports_and_settings(
         "2.0.1",
     )
     with zipfile.ZipFile(tmp_path / "out" / RELEASE_ZIP) as zf:
-        assert set(zf.namelist()) == {"model.onnx", "alphabet.txt", "MODEL_CARD.md"}
-        assert front_matter(zf.read("MODEL_CARD.md").decode())["test_wer_greedy"] == round(report.wer, 4)
+        assert set(zf.namelist()) == {
+            "model.onnx",
+            "alphabet.txt",
+            "MODEL_CARD.md",
+            "manifest.json",
+            "output_graph.tflite",
+        }
+        card = zf.read("MODEL_CARD.md").decode()
+        assert front_matter(card)["test_wer_greedy"] == round(report.wer, 4)
+    # No scorer: the clients' commands have no --scorer, and no kenlm.scorer is shipped.
+    assert "stt --model output_graph.tflite --audio clip.wav" in card and "kenlm.scorer" not in card
+    with tarfile.open(tmp_path / "out" / RELEASE_TENSORFLOW) as tf:
+        assert set(tf.getnames()) == {"output_graph.pbmm", "alphabet.txt", "MODEL_CARD.md"}
     with tarfile.open(tmp_path / "out" / RELEASE_CHECKPOINT) as tf:
-        assert set(tf.getnames()) == {"best_dev.pt", "settings.env"}
+        assert set(tf.getnames()) == {"best_dev.pt", "settings.env", *TF_CHECKPOINT_MEMBERS}
 
 
 def test_scorer_with_another_alphabet_is_refused(sample_scorer: Path, tmp_path: Path) -> None:
     scorer = tmp_path / "scorer"
     shutil.copytree(sample_scorer, scorer)
     Alphabet.english().save(scorer / "alphabet.txt")
-    with pytest.raises(DsitaError, match="another alphabet"):
+    with pytest.raises(DsitaError, match="another alphabet") as exc:
         make_release(SMALL_MODEL, tmp_path / "out", None, scorer)
+    assert "\n" not in str(exc.value)
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
@@ -195,7 +244,13 @@ def test_export_command_reads_data_dir(tmp_path: Path) -> None:
     command = [sys.executable, "-m", "dsita.cli", "export", "--no-scorer"]
     result = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
-    assert {p.name for p in data.iterdir()} == {"checkpoints", RELEASE_ZIP, RELEASE_FP32, RELEASE_CHECKPOINT}
+    assert {p.name for p in data.iterdir()} == {
+        "checkpoints",
+        RELEASE_ZIP,
+        RELEASE_TENSORFLOW,
+        RELEASE_FP32,
+        RELEASE_CHECKPOINT,
+    }
     assert f"{data / RELEASE_ZIP}: " in result.stdout
     with zipfile.ZipFile(data / RELEASE_ZIP) as zf:
         assert front_matter(zf.read("MODEL_CARD.md").decode())["model_author"] == "Grace Hopper"

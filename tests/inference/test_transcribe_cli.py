@@ -20,6 +20,7 @@ from dsita.data.csvs import read_csv
 from dsita.errors import DsitaError
 from dsita.export.release import RELEASE_FP32, RELEASE_ZIP
 from dsita.inference.model import InferenceOptions, load_model
+from dsita.inference.package import write_manifest
 from dsita.text.alphabet import Alphabet
 
 DSITA = [sys.executable, "-m", "dsita.cli"]
@@ -124,10 +125,13 @@ def test_bad_models_are_refused_with_a_clear_error(small_release: Path, tmp_path
     foreign = tmp_path / "photos.zip"
     with zipfile.ZipFile(foreign, "w") as zf:
         zf.writestr("holiday/readme.txt", "not a model")
+    # Packages whose manifest agrees with members that are wrong: the checks behind the manifest's.
     mismatched = package_folder(small_release, tmp_path / "mismatched")
     Alphabet.english().save(mismatched / "scorer" / "alphabet.txt")
+    write_manifest(mismatched)
     not_onnx = package_folder(small_release, tmp_path / "not_onnx")
     (not_onnx / "model.onnx").write_bytes(b"\x00garbage" * 100)
+    write_manifest(not_onnx)
     link_tar = tmp_path / "link.tar.xz"
     with tarfile.open(link_tar, "w:xz") as tf:
         tf.add(good / "model.onnx", "model.onnx")
@@ -156,4 +160,133 @@ def test_bad_models_are_refused_with_a_clear_error(small_release: Path, tmp_path
     assert result.returncode == 2
     assert result.stderr.splitlines() == [
         f"error: {tmp_path / 'mismatched.zip'}: its scorer was built for another alphabet than the model's"
+    ]
+
+
+def test_nan_or_infinite_audio_is_refused_naming_the_file(small_release: Path, tmp_path: Path) -> None:
+    """Such samples used to go through the features and decode as silence, without a word."""
+    nan, inf = tmp_path / "nan.wav", tmp_path / "inf.wav"
+    audio = np.zeros(SAMPLE_RATE, dtype=np.float32)
+    audio[100:200] = np.nan
+    sf.write(nan, audio, SAMPLE_RATE, subtype="FLOAT")
+    audio = np.zeros(44100, dtype=np.float32)  # resampled on the way in
+    audio[5000] = -np.inf
+    sf.write(inf, audio, 44100, subtype="FLOAT")
+    result = dsita("transcribe", str(nan), str(inf), "--model", str(small_release / RELEASE_ZIP), "--no-lm")
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.splitlines() == [
+        f"error: {path}: NaN or infinite samples (expected finite values in [-1, 1])" for path in (nan, inf)
+    ]
+    model = load_model(small_release / RELEASE_ZIP, InferenceOptions(use_lm=False))
+    samples = np.full(SAMPLE_RATE, np.nan, dtype=np.float32)
+    with pytest.raises(DsitaError, match=r"^audio: NaN or infinite samples"):
+        model.transcribe(samples)
+    stream = model.stream()
+    with pytest.raises(DsitaError, match=r"^audio: NaN or infinite samples"):
+        stream.feed(np.r_[np.zeros(100, dtype=np.float32), np.inf])
+
+
+def test_stream_from_a_missing_path_or_a_folder_is_one_line(tmp_path: Path) -> None:
+    for source, what in ((tmp_path / "missing.pcm", "not found"), (tmp_path, "is a folder")):
+        result = dsita("transcribe", "--stream", str(source), "--model", str(tmp_path / "never-opened.zip"))
+        assert result.returncode == 2 and "Traceback" not in result.stderr
+        assert result.stderr.splitlines() == [
+            f"error: {source}: {what}; --stream reads raw 16 kHz 16-bit PCM from a file or - (stdin)"
+        ]
+
+
+def long_recording(clips: list[Path], path: Path, pause_s: float = 1.5) -> list[tuple[float, float]]:
+    """The clips one after another with `pause_s` of silence after each, written to `path`; each clip's span
+    in seconds."""
+    pieces, spans, at = [], [], 0
+    for clip in clips:
+        audio = load_audio(clip)
+        pieces += [audio, np.zeros(int(pause_s * SAMPLE_RATE), dtype=np.float32)]
+        spans.append((at / SAMPLE_RATE, (at + audio.size) / SAMPLE_RATE))
+        at += audio.size + pieces[-1].size
+    sf.write(path, np.concatenate(pieces), SAMPLE_RATE)
+    return spans
+
+
+def srt_cues(text: str) -> list[tuple[float, float, list[str]]]:
+    """(start, end, lines) of each cue of an .srt file."""
+
+    def seconds(stamp: str) -> float:
+        hours, minutes, rest = stamp.replace(",", ".").split(":")
+        return int(hours) * 3600 + int(minutes) * 60 + float(rest)
+
+    cues = []
+    for number, block in enumerate(text.strip().split("\n\n"), start=1):
+        index, times, *lines = block.split("\n")
+        assert index == str(number)
+        start, end = times.split(" --> ")
+        cues.append((seconds(start), seconds(end), lines))
+    return cues
+
+
+def test_output_formats_on_the_sample_and_a_long_recording(
+    small_release: Path, sample_corpus: Path, tmp_path: Path
+) -> None:
+    tests = [s.wav_path for s in read_csv(sample_corpus / "test.csv")][:8]
+    long = tmp_path / "long.wav"
+    spans = long_recording(tests, long)
+    model_path = small_release / RELEASE_ZIP
+    out = tmp_path / "out"
+    result = dsita("transcribe", str(tests[0]), str(long), "--model", str(model_path), "--no-lm",
+                   "--output-format", "all", "--output-dir", str(out))  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == ""  # the files hold the transcripts
+    names = {
+        f"{stem}.{ext}" for stem in (tests[0].stem, "long") for ext in ("txt", "vtt", "srt", "tsv", "json")
+    }
+    assert {p.name for p in out.iterdir()} == names
+    assert [line.split(", ")[0] for line in result.stderr.splitlines()] == [
+        f"wrote {out / tests[0].stem}.txt", f"wrote {out}/long.txt"
+    ]  # fmt: skip
+
+    model = load_model(model_path, InferenceOptions(use_lm=False))
+    transcript = model.transcribe(long)  # the Python API writes the same files
+    written = {ext: (out / f"long.{ext}").read_text() for ext in ("srt", "vtt", "tsv", "txt", "json")}
+    assert written == {
+        "srt": transcript.to_srt(),
+        "vtt": transcript.to_vtt(),
+        "tsv": transcript.to_tsv(),
+        "txt": transcript.to_txt(),
+        "json": transcript.to_json(),
+    }
+    assert json.loads((out / "long.json").read_text())["text"] == transcript.text
+
+    cues = srt_cues((out / "long.srt").read_text())
+    assert " ".join(" ".join(lines) for _, _, lines in cues) == transcript.text
+    assert len(cues) >= len(tests)  # the 1.5 s pauses after each clip end cues
+    for start, end, lines in cues:
+        assert start < end and 1 <= len(lines) <= 2 and all(len(line) <= 42 for line in lines)
+        # No cue runs across a pause: it lies within one clip (a word may end a frame or two late).
+        assert any(a - 0.05 <= start and end <= b + 0.1 for a, b in spans), (start, end, spans)
+    assert (out / f"{tests[0].stem}.txt").read_text() == model.transcribe(tests[0]).to_txt()
+
+
+def test_output_format_details(small_release: Path, clips: list[Path], tmp_path: Path) -> None:
+    model = str(small_release / RELEASE_ZIP)
+    # --output-format alone writes into the current folder, as whisper does; --json still prints its line.
+    result = subprocess.run(
+        [*DSITA, "transcribe", str(clips[0]), "--model", model, "--no-lm", "-f", "srt", "--json"],
+        capture_output=True, text=True, cwd=tmp_path, check=False, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / f"{clips[0].stem}.srt").is_file() and not (tmp_path / f"{clips[0].stem}.txt").exists()
+    assert json.loads(result.stdout)["file"] == str(clips[0])
+    twin = tmp_path / "other" / clips[0].name
+    twin.parent.mkdir()
+    twin.write_bytes(clips[0].read_bytes())
+    clash = dsita("transcribe", str(clips[0]), str(twin), "--model", model, "-o", str(tmp_path / "o"))
+    assert clash.returncode == 2 and not (tmp_path / "o").exists()
+    assert clash.stderr.splitlines() == [
+        f"error: {clips[0]} and {twin} would both be written as {tmp_path / 'o' / clips[0].stem}.*: "
+        "transcribe them into different --output-dir folders"
+    ]
+    bad = dsita("transcribe", str(clips[0]), "--model", model, "--output-format", "docx")
+    assert bad.returncode == 2
+    assert bad.stderr.splitlines() == [
+        "error: --output-format docx: expected one of txt, vtt, srt, tsv, json, or all"
     ]

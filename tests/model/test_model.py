@@ -212,8 +212,7 @@ def test_ctc_training_steps_reduce_the_loss() -> None:
     assert losses[-1] < 0.5 * losses[0]
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.gpu  # skipped without CUDA (tests/conftest.py)
 def test_cuda_matches_cpu() -> None:
     model = tiny()
     waveforms = torch.randn(3, 7000) * 0.1

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -117,7 +118,7 @@ def fast_runs(tmp_path_factory: pytest.TempPathFactory) -> FastRuns:
     """The image's entrypoint with env_files/fast_dev.env on an empty DATA_DIR, then three more runs on it."""
     data_dir = tmp_path_factory.mktemp("fast") / "mnt"
     data_dir.mkdir()
-    first = ok(docker_run(data_dir, "fast_dev.env"))
+    first = ok(docker_run(data_dir, "fast_dev.env", DSITA_PROGRESS_INTERVAL_S="0"))  # a progress line a step
     first_manifest = manifest(data_dir)
     first_release = data_dir.parent / "first-it-it.zip"
     shutil.copy2(data_dir / "it-it.zip", first_release)
@@ -152,7 +153,11 @@ def test_the_summary_reports_hours_results_artifacts_and_step_times(fast_runs: F
     hours = fast_runs.first_manifest["import"]["report"]["hours"]
     assert set(hours) == {"train", "dev", "test"} and hours["train"] > 0.2
     assert f"{hours['train']:.3f}" in stdout
-    for text in ("WER", "CER", "alpha / beta", "0.000 / 0.000", str(data_dir / "it-it.zip"), "total"):
+    searched = fast_runs.first_manifest["test"]["report"]["short_search"]  # alpha and beta were never tuned
+    weights = (
+        f"{searched['alpha']:.3f} / {searched['beta']:.3f} (short search on dev, {searched['trials']} trials)"
+    )
+    for text in ("WER", "CER", "alpha / beta", weights, str(data_dir / "it-it.zip"), "total"):
         assert text in stdout
     greedy = json.loads((data_dir / "checkpoints" / "test_report_greedy.json").read_text())
     assert f"{greedy['wer']:.2%}" in stdout
@@ -163,6 +168,28 @@ def test_the_summary_reports_hours_results_artifacts_and_step_times(fast_runs: F
     ]  # fmt: skip
     assert "Epoch 2: train loss" in (data_dir / "logs" / "05-train.log").read_text()
     assert (data_dir / "logs" / "summary.txt").read_text().count("│") > 20
+
+
+def test_logs_are_plain_lines_with_progress_and_no_quantizer_chatter(fast_runs: FastRuns) -> None:
+    """Outside a terminal (here a pipe; Docker logs, CI, nohup) log lines are not wrapped at 80 columns, long
+    work logs progress lines (every 30 s; DSITA_PROGRESS_INTERVAL_S=0 here), and onnxruntime's quantizer
+    logs nothing."""
+    data_dir, stderr = fast_runs.data_dir, fast_runs.first.stderr
+    steps = "checks, alphabet, import, lm, train, test, export, lm-optimize, package"
+    started = [line for line in stderr.splitlines() if f"INFO dsita run in {data_dir}: steps {steps}" in line]
+    assert len(started) == 1 and len(started[0]) > 100  # one line, unbroken
+    logs = {p.name: p.read_text() for p in (data_dir / "logs").glob("*.log")}
+    progress = {
+        "03-import.log": "converting clips: ",
+        "04-lm.log": "LM build: ",
+        "05-train.log": "epoch 1/2: ",
+        "06-test.log": "alpha/beta search: ",
+    }
+    for name, start in progress.items():
+        assert re.search(rf"^\S+ \S+ INFO dsita[\w.]*: {re.escape(start)}\S", logs[name], re.MULTILINE), name
+    assert "beam search of 40 clips: 40/40 clips (100%)" in logs["06-test.log"]
+    for text in (stderr, *logs.values()):
+        assert "Quantization parameters" not in text and "Performing symbolic shape inference" not in text
 
 
 def test_a_second_run_finds_every_step_up_to_date(fast_runs: FastRuns) -> None:
@@ -177,7 +204,7 @@ def test_a_new_setting_reruns_its_step_and_the_later_ones_only(fast_runs: FastRu
     assert status(tuned, "lm-optimize") == "ran" and status(tuned, "package") == "ran"
     report = steps["lm-optimize"]["report"]
     assert report["trials"] == 2 and report["dev_wer_after"] <= report["dev_wer_before"]
-    assert "(tuned on dev)" in tuned.stdout
+    assert f"(LM_EVALUATE_RANGE search on dev, {report['trials']} trials)" in tuned.stdout
     card = zipfile.ZipFile(fast_runs.data_dir / "it-it.zip").read("MODEL_CARD.md").decode()
     assert f"lm_alpha: {report['alpha']}" in card  # re-exported with the tuned weights, and packaged
 
@@ -297,6 +324,7 @@ def test_transfer_learning_env_file_under_torchrun(tmp_path: Path) -> None:
     file_values = {k: v or "" for k, v in dotenv_values(ENV_FILES / "do_transfer_learning.env").items()}
     docker = {**dockerfile_env(), **OUTSIDE_DOCKER, **file_values, "DATA_DIR": str(data_dir)}
     env = clean_environment(**{**docker, **small, "TRANSFER_CHECKPOINT_DIR": str(source)})
+    env["CUDA_VISIBLE_DEVICES"] = ""  # gloo ranks on the CPU, also on a GPU machine
     (data_dir / "sources").mkdir()
     (data_dir / "sources" / "it.tar.gz").symlink_to(OUTSIDE_DOCKER["SAMPLE_ARCHIVE"])
     command = [*torchrun, "--no-python", *entrypoint(), "--steps", "import,train"]

@@ -45,6 +45,7 @@ def test_two_gloo_ranks_end_with_identical_weights(sample_corpus: Path, tmp_path
         max_train_clips=40,
         max_dev_clips=8,
         show_progress=False,
+        device="cpu",  # gloo ranks on the CPU, also on a GPU machine (rank 1 may have no GPU of its own)
     )
     mp.spawn(ddp_worker, args=(2, options, free_port(), tmp_path), nprocs=2, join=True)
     rank0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
@@ -74,6 +75,7 @@ def test_torchrun_cli_runs_two_processes_and_only_rank_zero_writes(
         "--checkpoint-dir", str(ckpt), "--workers", "0",
     ]  # fmt: skip
     env = {**os.environ, "FAST_TRAIN": "1", "BATCH_SIZE": "2", "EPOCHS": "1", "OMP_NUM_THREADS": "1"}
+    env["CUDA_VISIBLE_DEVICES"] = ""  # gloo ranks on the CPU, also on a GPU machine
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
     assert sorted(p.name for p in ckpt.iterdir()) == [

@@ -16,7 +16,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from dsita.data.augment import AugmentOptions
+from dsita.data.augmentation.options import AugmentOptions
 from dsita.data.csvs import Sample, read_csv, write_csv
 from dsita.data.dataset import Batch
 from dsita.errors import DsitaError
@@ -41,6 +41,7 @@ def options(corpus: Path, checkpoint_dir: Path, **overrides: object) -> TrainOpt
         max_train_clips=48,
         max_dev_clips=8,
         show_progress=False,
+        device="cpu",  # the CPU even on a GPU machine: these tests compare runs exactly
         settings_env="BATCH_SIZE=8\n",
     )
     return dataclasses.replace(base, **overrides)

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from dsita.commands.base import (
     EnvFileOption,
@@ -20,7 +21,7 @@ from dsita.commands.base import (
     text_app,
 )
 from dsita.data.synth import ENGINES, SynthOptions
-from dsita.errors import DsitaError
+from dsita.errors import DsitaError, printable
 from dsita.settings import Settings, load_settings
 
 
@@ -30,10 +31,10 @@ def config_command(ctx: typer.Context, env_file: EnvFileOption = None) -> None:
     settings, sources = load_settings(env_file or ctx.find_root().obj["env_file"])
     table = Table("variable", "value", "source", "meaning")
     for field, info in Settings.model_fields.items():
-        table.add_row(
-            Settings.field_env_name(field), settings.env_value(field), sources[field], info.description or ""
-        )
-    out.print(table)
+        value = printable(settings.env_value(field))  # a value from an env file may hold escape codes
+        source = printable(sources[field])
+        table.add_row(Settings.field_env_name(field), value, source, info.description or "")
+    out.print(table, markup=False)
 
 
 @text_app.command("normalize")
@@ -77,6 +78,13 @@ def synth_command(
         bool,
         typer.Option("--variety", help="A vocal tract per speaker, prosody varied per clip (more voices)."),
     ] = False,
+    exclude: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--exclude",
+            help="Leave out the sentences of a Common Voice archive or TSV or a DeepSpeech CSV (repeatable).",
+        ),
+    ] = None,
     env_file: EnvFileOption = None,
 ) -> None:
     """Speak Italian text with espeak-ng and festival into a Common Voice-format it.tar.gz.
@@ -85,10 +93,12 @@ def synth_command(
     The archive goes to --out, by default DATA_DIR/sources/it.tar.gz. By default the splits share no voice;
     --shared-speakers tests unseen sentences in voices heard in training. --variety gives each speaker a
     formant factor of its own (and a word gap or pitch range) and varies speed and pitch per clip, so that
-    speakers of one engine voice differ in timbre too; "voices" counts the distinct timbres.
+    speakers of one engine voice differ in timbre too; "voices" counts the distinct timbres. --exclude
+    keeps another corpus's sentences out (compared once normalized), e.g. the test sentences of a corpus
+    that a model trained on this one will be evaluated on.
     """
     from dsita.data.sentences import default_sentences, read_text_files
-    from dsita.data.synth import SynthVariety, synthesize_corpus
+    from dsita.data.synth import SynthVariety, held_out_sentences, synthesize_corpus
 
     out_path = out_path or settings_from(ctx, env_file).data_dir / "sources" / "it.tar.gz"
     options = SynthOptions(
@@ -99,6 +109,8 @@ def synth_command(
         engines=tuple(e.strip() for e in engines.split(",") if e.strip()),
         shared_speakers=shared_speakers,
         variety=SynthVariety() if variety else None,
+        exclude=held_out_sentences(exclude or []),
+        progress=sys.stderr.isatty(),
     )
     report = synthesize_corpus(read_text_files(text) if text else default_sentences(), out_path, options)
     table = Table("split", "clips", "speakers", "voices", "engines", "hours")
@@ -111,6 +123,8 @@ def synth_command(
         f"{report.speakers} distinct speakers in {report.voices} distinct voices, "
         f"{report.usable_sentences}/{report.candidate_sentences} sentences usable, {report.elapsed_s:.0f} s"
     )
+    if exclude:
+        out.print(f"{report.excluded_sentences} usable sentences left out as held out (--exclude)")
 
 
 OutOption = Annotated[Path | None, typer.Option("--out", help="Output folder (default: DATA_DIR/extracted).")]
@@ -131,11 +145,14 @@ def import_cv_command(
 ) -> None:
     """Import Common Voice into OUT/{train,dev,test}.csv, OUT/clips/*.wav and OUT/skipped.csv."""
     from dsita.data.commonvoice import import_common_voice
+    from dsita.pipeline.state import lock_when_inside
     from dsita.settings.options import import_options
 
     settings = settings_from(ctx, env_file, max_secs=max_secs, cv_sha256=sha256, cv_sha1=sha1)
     options = import_options(settings, workers, progress=sys.stderr.isatty())
-    _print_import(import_common_voice(path, out_dir or settings.data_dir / "extracted", options))
+    out_dir = out_dir or settings.data_dir / "extracted"
+    with lock_when_inside(settings.data_dir, [out_dir], "dsita import cv"):
+        _print_import(import_common_voice(path, out_dir, options))
 
 
 @import_app.command("csv")
@@ -152,12 +169,14 @@ def import_csv_command(
 ) -> None:
     """Import your own corpus into OUT/<split>.csv, OUT/clips/<split>/ and OUT/<split>.skipped.csv."""
     from dsita.data.own_csv import import_own_csv
+    from dsita.pipeline.state import lock_when_inside
     from dsita.settings.options import import_options
 
     settings = settings_from(ctx, env_file, max_secs=max_secs)
     options = import_options(settings, workers, progress=sys.stderr.isatty())
     out_dir = out_dir or settings.data_dir / "extracted"
-    _print_import(import_own_csv(table, out_dir, options, audio_column, text_column, split))
+    with lock_when_inside(settings.data_dir, [out_dir], "dsita import csv"):
+        _print_import(import_own_csv(table, out_dir, options, audio_column, text_column, split))
 
 
 def _print_import(report: Any) -> None:
@@ -165,7 +184,7 @@ def _print_import(report: Any) -> None:
 
     for item in report_tables(report):
         out.print(item, markup=False)
-    for note in report.notes:
-        console.print(f"[yellow]note:[/] {note}", highlight=False)
+    for note in report.notes:  # a Text, not markup: notes quote user paths
+        console.print(Text.assemble(("note:", "yellow"), f" {printable(note)}"), highlight=False)
     if report.total_kept == 0:
         raise DsitaError(f"nothing usable was imported into {report.out_dir}: see {report.skipped_csv}")

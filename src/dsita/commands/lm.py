@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -55,6 +57,7 @@ def lm_build_command(
     """Build the KenLM scorer: normalize the corpus, keep the top-k words, lmplz, filter, build_binary."""
     from dsita.lm.build import build_scorer
     from dsita.lm.corpus import evaluation_sentences
+    from dsita.pipeline.state import lock_when_inside
     from dsita.settings.options import alphabet_for, lm_build_options, scorer_dir
 
     settings = settings_from(ctx, env_file, lm_top_k=top_k, lm_memory=memory)
@@ -62,10 +65,11 @@ def lm_build_command(
         exclude = [
             p for p in split_csvs(settings, None, "dev") + split_csvs(settings, None, "test") if p.is_file()
         ]
-    options = lm_build_options(settings, workers=workers)
+    options = replace(lm_build_options(settings, workers=workers), progress=sys.stderr.isatty())
     out_dir = out_dir or scorer_dir(settings)
     alphabet = alphabet_for(settings)
-    report = build_scorer(out_dir, alphabet, options, corpus or None, evaluation_sentences(exclude))
+    with lock_when_inside(settings.data_dir, [out_dir], "dsita lm build"):
+        report = build_scorer(out_dir, alphabet, options, corpus or None, evaluation_sentences(exclude))
     stats = report.corpus
     out.print(f"corpus: {', '.join(stats.sources)}", markup=False)
     excluded_from = ", ".join(map(str, exclude)) or "no CSV"
@@ -117,10 +121,9 @@ def lm_optimize_command(
     checkpoint = checkpoint or settings.data_dir / "checkpoints"
     scorer = scorer or scorer_dir(settings)
     decoder = decoder_options(beam_width, beam_threshold, token_beam, lexicon_free)
-    options = OptimizeOptions(
-        box.max_alpha, box.max_beta, box.n_trials, box.pairs, decoder, workers or os.cpu_count() or 1,
-        settings.seed,
-    )
+    processes = workers or os.cpu_count() or 1
+    options = OptimizeOptions(box.max_alpha, box.max_beta, box.n_trials, box.pairs, decoder, processes)
+    options = replace(options, seed=settings.seed, progress=sys.stderr.isatty())
     result = optimize_checkpoint(scorer, checkpoint, split_csvs(settings, dev_files, "dev"), options)
     out.print(
         f"best alpha {result.alpha:.4f}, beta {result.beta:.4f} after {result.trials_complete} trials "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from pathlib import Path
@@ -48,6 +49,30 @@ def train_command(
     aug_snr_db: Annotated[str | None, setting_option("aug_snr_db")] = None,
     aug_gain_db: Annotated[float | None, setting_option("aug_gain_db")] = None,
     aug_rt60: Annotated[str | None, setting_option("aug_rt60")] = None,
+    aug_spec_time_ms: Annotated[float | None, setting_option("aug_spec_time_ms")] = None,
+    aug_spec_time_masks: Annotated[int | None, setting_option("aug_spec_time_masks")] = None,
+    aug_spec_freq_masks: Annotated[int | None, setting_option("aug_spec_freq_masks")] = None,
+    aug_spec_freq_share: Annotated[float | None, setting_option("aug_spec_freq_share")] = None,
+    aug_vtlp: Annotated[float | None, setting_option("aug_vtlp")] = None,
+    aug_pitch: Annotated[float | None, setting_option("aug_pitch")] = None,
+    aug_formant: Annotated[float | None, setting_option("aug_formant")] = None,
+    aug_tempo: Annotated[float | None, setting_option("aug_tempo")] = None,
+    aug_vtlp_range: Annotated[str | None, setting_option("aug_vtlp_range")] = None,
+    aug_pitch_semitones: Annotated[str | None, setting_option("aug_pitch_semitones")] = None,
+    aug_formant_range: Annotated[str | None, setting_option("aug_formant_range")] = None,
+    aug_tempo_range: Annotated[str | None, setting_option("aug_tempo_range")] = None,
+    aug_babble: Annotated[float | None, setting_option("aug_babble")] = None,
+    aug_mic: Annotated[float | None, setting_option("aug_mic")] = None,
+    aug_clipping: Annotated[float | None, setting_option("aug_clipping")] = None,
+    aug_compression: Annotated[float | None, setting_option("aug_compression")] = None,
+    aug_eq: Annotated[float | None, setting_option("aug_eq")] = None,
+    aug_band_limit: Annotated[float | None, setting_option("aug_band_limit")] = None,
+    aug_narrowband: Annotated[float | None, setting_option("aug_narrowband")] = None,
+    aug_mu_law: Annotated[float | None, setting_option("aug_mu_law")] = None,
+    aug_codec: Annotated[float | None, setting_option("aug_codec")] = None,
+    aug_babble_snr_db: Annotated[str | None, setting_option("aug_babble_snr_db")] = None,
+    aug_codecs: Annotated[str | None, setting_option("aug_codecs")] = None,
+    average_checkpoints: Annotated[int | None, setting_option("average_checkpoints")] = None,
     sort_by_size: Annotated[bool, typer.Option(help="DeepSpeech's fixed shortest-first order.")] = False,
     feature_cache: Annotated[Path | None, typer.Option(help="Folder of cached features.")] = None,
     train_workers: Annotated[int | None, setting_option("train_workers", "--workers", min=0)] = None,
@@ -86,7 +111,11 @@ def train_command(
 SETTING_FLAGS = (
     "batch_size", "epochs", "learning_rate", "n_hidden", "dropout", "model", "model_size", "augment",
     "aug_speed", "aug_specaugment", "aug_noise", "aug_gain", "aug_reverb", "aug_noise_dir", "aug_snr_db",
-    "aug_gain_db", "aug_rt60", "train_workers",
+    "aug_gain_db", "aug_rt60", "aug_spec_time_ms", "aug_spec_time_masks", "aug_spec_freq_masks",
+    "aug_spec_freq_share", "aug_vtlp", "aug_pitch", "aug_formant", "aug_tempo", "aug_vtlp_range",
+    "aug_pitch_semitones", "aug_formant_range", "aug_tempo_range", "aug_babble", "aug_mic", "aug_clipping",
+    "aug_compression", "aug_eq", "aug_band_limit", "aug_narrowband", "aug_mu_law", "aug_codec",
+    "aug_babble_snr_db", "aug_codecs", "average_checkpoints", "train_workers",
 )  # fmt: skip
 ScorerOption = Annotated[Path | None, typer.Option(help="Scorer folder (default: DATA_DIR/lm/scorer).")]
 AlphaOption = Annotated[float | None, typer.Option(min=0, help="LM weight (default: the scorer's).")]
@@ -164,7 +193,9 @@ def print_evaluation(
     from dsita.lm.scorer import load_scorer
 
     scorer = load_scorer(scorer_path) if scorer_path is not None else None
-    result = evaluate_checkpoint(checkpoint, test_csvs, scorer, options, workers or os.cpu_count() or 1)
+    result = evaluate_checkpoint(
+        checkpoint, test_csvs, scorer, options, workers or os.cpu_count() or 1, sys.stderr.isatty()
+    )
     report = result.lm or result.greedy
     kind = "lm" if result.lm else "greedy"
     report_path = report_path or folder / f"test_report_{kind}.json"
@@ -190,17 +221,39 @@ def run_command(
     force: Annotated[
         list[str] | None, typer.Option("--force", help="Run STEP even when up to date (repeatable).")
     ] = None,
+    cpu_ranks: Annotated[
+        int,
+        typer.Option(min=0, help="Train in N gloo processes on the CPU: the multi-GPU launch without a GPU."),
+    ] = 0,
     env_file: EnvFileOption = None,
 ) -> None:
     """The whole pipeline, from DATA_DIR/sources/it.tar.gz to the release files, without a question asked.
 
     Steps that are up to date are skipped; after an interruption, the same command carries on. checks and
-    alphabet always run. Trains on every visible GPU (NUM_GPUS limits it); works under torchrun too.
+    alphabet always run. Trains on every visible GPU, one process each (NUM_GPUS limits it); under torchrun,
+    on torchrun's ranks.
     """
-    from dsita.pipeline import RunOptions, run_pipeline
+    from dsita.pipeline import RunOptions
+    from dsita.pipeline.launch import launch, plan_launch
 
     settings = settings_from(ctx, env_file)
     options = RunOptions.parse(steps, force or [], progress=sys.stderr.isatty())
+    plan = plan_launch(settings.num_gpus, cpu_ranks)
+    if plan.launches:
+        launch(plan, run_rank, settings, options)
+    else:
+        run_rank(settings, options)
+
+
+def run_rank(settings: Any, options: Any) -> None:
+    """The pipeline in this process, one of its ranks (rank 0 runs the steps and prints the summary)."""
+    from dsita.pipeline import run_pipeline
+
+    if not logging.getLogger().handlers:  # a rank the launcher spawned: log as the command line does
+        from rich.logging import RichHandler
+
+        handler = RichHandler(console=console, show_path=False)
+        logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[handler])
     result = run_pipeline(settings, options, distributed_from_environment())
     if result is not None:
         for table in result.tables:

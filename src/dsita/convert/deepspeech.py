@@ -28,19 +28,24 @@ import re
 import tarfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import torch
 
 from dsita.convert.tf_bundle import (
+    READ_ERRORS,
     STATE_FILES,
     TfCheckpoint,
+    check_member,
+    checkpoint_folders,
+    open_checked_archive,
     open_tf_checkpoint,
     write_bundle,
     write_state_file,
 )
 from dsita.errors import DsitaError
+from dsita.fileio import atomic_write
 from dsita.model.base import build_model, count_parameters, model_config_to_dict
 from dsita.model.deepspeech import DeepSpeechConfig
 from dsita.text.alphabet import Alphabet
@@ -62,7 +67,7 @@ TORCH_TO_TF_GATES = (0, 2, 1, 3)  # TF's (i, c, f, o) taken from torch's (i, f, 
 BEST_DEV_STATE = "best_dev_checkpoint"  # the state file DeepSpeech's best-dev saver writes
 DEEPSPEECH_N_MFCC, DEEPSPEECH_N_CONTEXT = 26, 9  # fixed in DeepSpeech 0.9 (no flags)
 ALPHABET_FILE = "alphabet.txt"
-ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
+ARCHIVE_SUFFIXES = (".tar.xz", ".txz", ".tar.gz", ".tgz", ".tar")
 _TRAINING_STATE = re.compile(r".+/Adam(_1)?|beta1_power|beta2_power|global_step|learning_rate")
 _FLOAT32 = 1  # TF's DT_FLOAT
 
@@ -140,16 +145,20 @@ def _torch_gate_order(x: np.ndarray, n_hidden: int) -> np.ndarray:
 
 
 def convert_deepspeech_checkpoint(
-    source: Path, out_dir: Path, n_hidden: int, alphabet: Alphabet | None = None
+    source: Path,
+    out_dir: Path,
+    n_hidden: int,
+    alphabet: Alphabet | None = None,
+    fallback: Alphabet | None = None,
 ) -> ConversionReport:
     """Write `out_dir/best_dev.pt` from a DeepSpeech checkpoint folder or archive.
 
     `alphabet` is the one the checkpoint was trained with; by default the `alphabet.txt` beside it, else
-    DeepSpeech's English alphabet (the released checkpoints'). Shapes are checked against `n_hidden` and
-    the alphabet before anything is written.
+    `fallback`, else DeepSpeech's English alphabet (the released checkpoints'). Shapes are checked against
+    `n_hidden` and the alphabet before anything is written.
     """
     with open_tf_checkpoint(source) as checkpoint:
-        alphabet, origin = _source_alphabet(checkpoint, alphabet)
+        alphabet, origin = _source_alphabet(checkpoint, alphabet, fallback)
         config = DeepSpeechConfig(n_outputs=len(alphabet) + 1, n_hidden=n_hidden)
         expected = expected_shapes(config.n_input, n_hidden, config.n_outputs)
         _check(checkpoint, expected, config)
@@ -178,13 +187,17 @@ def convert_deepspeech_checkpoint(
     )
 
 
-def _source_alphabet(checkpoint: TfCheckpoint, alphabet: Alphabet | None) -> tuple[Alphabet, str]:
+def _source_alphabet(
+    checkpoint: TfCheckpoint, alphabet: Alphabet | None, fallback: Alphabet | None
+) -> tuple[Alphabet, str]:
     if alphabet is not None:
         return alphabet, f"given, {len(alphabet)} labels"
     text = checkpoint.text(ALPHABET_FILE)
     if text is not None:
         found = Alphabet.from_text(text, f"{checkpoint.label}: {ALPHABET_FILE}")
         return found, f"{ALPHABET_FILE} beside the checkpoint, {len(found)} labels"
+    if fallback is not None:
+        return fallback, f"this run's ({len(fallback)} labels; no {ALPHABET_FILE} beside the checkpoint)"
     return Alphabet.english(), f"DeepSpeech's English ({len(Alphabet.english())} labels; no {ALPHABET_FILE})"
 
 
@@ -215,61 +228,159 @@ def _check(checkpoint: TfCheckpoint, expected: dict[str, tuple[int, ...]], confi
         )
 
 
+@dataclass(frozen=True)
+class CheckpointSource:
+    """What a transfer or export source holds: a dsita checkpoint, or a DeepSpeech TensorFlow one to convert.
+
+    `kind` is "dsita" (`path` a dsita checkpoint file), "dsita-archive" (`path` a tar archive holding one, as
+    `member`) or "deepspeech" (`path` a folder or tar archive holding a TensorFlow checkpoint).
+    """
+
+    path: Path
+    kind: str
+    member: str = ""
+
+
+def find_checkpoint_source(source: Path) -> CheckpointSource:
+    """The checkpoint `source` is or holds, dsita's first: a dsita checkpoint file, a folder with best_dev.pt
+    or last.pt, a folder holding a DeepSpeech checkpoint, a tar archive (.tar.xz, .tar.gz, .tgz, .tar) of
+    either (a release's checkpoint_it.tar.xz holds both: its best_dev.pt is taken), or a folder holding
+    exactly one such archive or folder (a mounted folder). Anything else is one DsitaError line."""
+    if source.is_file() and not _is_tar(source):
+        return CheckpointSource(source, "dsita")  # loading it checks it
+    if source.is_dir() and any((source / name).is_file() for name in (BEST_DEV, LAST)):
+        return CheckpointSource(resolve_checkpoint(source), "dsita")
+    if source.is_file() or _holds_tf_checkpoint(source):
+        candidates = [source]
+    elif source.is_dir():
+        candidates = [
+            path
+            for path in sorted(source.iterdir())
+            if _holds_tf_checkpoint(path)
+            or (path.is_dir() and any((path / name).is_file() for name in (BEST_DEV, LAST)))
+            or (path.is_file() and path.name.endswith(ARCHIVE_SUFFIXES))
+        ]
+    else:
+        raise DsitaError(f"{source}: not found (expected a checkpoint file, folder or archive)")
+    if len(candidates) != 1:
+        raise DsitaError(
+            f"{source}: expected a dsita checkpoint ({BEST_DEV} or {LAST}) or one DeepSpeech checkpoint "
+            f"(a folder with {' or '.join(STATE_FILES)} and *.index, or a {', '.join(ARCHIVE_SUFFIXES)} "
+            "archive of one, such as checkpoint_it.tar.xz), found "
+            + (", ".join(path.name for path in candidates) if candidates else "none")
+        )
+    found = candidates[0]
+    if found.is_dir():
+        return find_checkpoint_source(found) if found != source else CheckpointSource(found, "deepspeech")
+    return _archive_source(found)
+
+
+def _archive_source(archive: Path) -> CheckpointSource:
+    """What a tar archive holds: its dsita checkpoint (best_dev.pt, else last.pt, else its only *.pt file: an
+    export names the file it exported), else a TF checkpoint."""
+    with open_checked_archive(archive) as (_, members):
+        files = [m for m in members if m.isfile()]
+        for name in (BEST_DEV, LAST, "*.pt"):
+            found = sorted(m.name for m in files if PurePosixPath(m.name).match(name))
+            if len(found) > 1:
+                raise DsitaError(f"{archive}: holds {len(found)} {name} ({', '.join(found)}); expected one")
+            if found:
+                return CheckpointSource(archive, "dsita-archive", found[0])
+        if not checkpoint_folders(files):
+            raise DsitaError(
+                f"{archive}: holds no checkpoint (expected {BEST_DEV}, {LAST}, or a DeepSpeech checkpoint: "
+                f"{' or '.join(STATE_FILES)} and *.index)"
+            )
+    return CheckpointSource(archive, "deepspeech")
+
+
+def _is_tar(path: Path) -> bool:
+    try:
+        return tarfile.is_tarfile(path)
+    except (OSError, tarfile.TarError, EOFError):
+        return False
+
+
+def extract_member(archive: Path, member: str, target: Path) -> Path:
+    """Copy one member of a tar archive to `target` (atomically), nothing else: the archive is read in one
+    forward pass up to that member, each member on the way checked (`check_member`)."""
+    try:
+        tar = tarfile.open(archive, "r:*")  # noqa: SIM115 (closed below; only the opening is guarded here)
+    except READ_ERRORS as exc:
+        raise DsitaError(f"{archive}: not a readable tar archive ({exc})") from None
+    with tar:
+        while True:
+            try:
+                info = tar.next()
+            except READ_ERRORS as exc:
+                raise DsitaError(f"{archive}: cannot read it up to {member} ({exc})") from None
+            if info is None:
+                raise DsitaError(f"{archive}: {member} not found")
+            check_member(archive, info)
+            if info.name == member and info.isfile():
+                return _copy_member(archive, tar, info, target)
+
+
+def _copy_member(archive: Path, tar: tarfile.TarFile, info: tarfile.TarInfo, target: Path) -> Path:
+    source = tar.extractfile(info)
+    assert source is not None  # a regular file
+    with source, atomic_write(target, "wb") as f:
+        while True:
+            try:  # only the reading: a full disk is the writer's error, not a damaged archive
+                chunk = source.read(1 << 20)
+            except READ_ERRORS as exc:
+                raise DsitaError(f"{archive}: cannot read {info.name} ({exc})") from None
+            if not chunk:
+                return target
+            f.write(chunk)
+
+
 def ensure_dsita_checkpoint(
     source: Path,
     out_dir: Path,
     n_hidden: int,
     alphabet: Alphabet | None = None,
     architecture: str = DeepSpeechConfig.ARCHITECTURE,
+    fallback: Alphabet | None = None,
 ) -> Path:
-    """The dsita checkpoint file to transfer from: `source` itself, or its conversion into `out_dir`.
+    """The dsita checkpoint file to start from: `source` itself, or what it holds written into `out_dir`.
 
-    `source` is a dsita checkpoint (a .pt file, or a folder with best_dev.pt or last.pt) or a DeepSpeech
-    TensorFlow checkpoint: a folder holding one, a tar archive of one, or a folder holding exactly one such
-    archive or one such folder (an unpacked release archive). `n_hidden` and `alphabet` are as for
-    `convert_deepspeech_checkpoint`. A TensorFlow checkpoint can only start a model of the `deepspeech`
-    `architecture` (see `check_transfer_source`). The conversion is redone on every call: for the 0.9.3
-    checkpoint about 10 s from a folder, 30 s from its .tar.gz (gzip is read more than once), 1 GB of memory
-    at the peak.
+    `source` is anything `find_checkpoint_source` takes. A dsita checkpoint inside an archive is extracted
+    into `out_dir` as best_dev.pt (last.pt if that is its name); a DeepSpeech TensorFlow checkpoint is
+    converted there (`n_hidden`, `alphabet` and `fallback` are as for `convert_deepspeech_checkpoint`), and
+    can only start a model of the `deepspeech` `architecture` (see `check_transfer_source`). Redone on every
+    call: for the 0.9.3 checkpoint the conversion takes about 10 s from a folder, 30 s from its .tar.gz (gzip
+    is read more than once), 1 GB of memory at the peak.
     """
-    if (own := _dsita_checkpoint(source)) is not None:
-        return own
-    check_transfer_source(source, architecture)
-    candidates = [source] if source.is_file() or _holds_tf_checkpoint(source) else []
-    if not candidates and source.is_dir():
-        candidates = [
-            path
-            for path in sorted(source.iterdir())
-            if _holds_tf_checkpoint(path) or (path.is_file() and path.name.endswith(ARCHIVE_SUFFIXES))
-        ]
-    if len(candidates) != 1:
-        raise DsitaError(
-            f"{source}: expected a dsita checkpoint ({BEST_DEV} or {LAST}) or one DeepSpeech checkpoint "
-            f"(a folder with {' or '.join(STATE_FILES)} and *.index, or a .tar.gz of one), found "
-            + (", ".join(path.name for path in candidates) if candidates else "none")
-        )
-    report = convert_deepspeech_checkpoint(candidates[0], out_dir, n_hidden, alphabet)
+    found = find_checkpoint_source(source)
+    if found.kind == "dsita":
+        return found.path
+    if found.kind == "dsita-archive":
+        name = LAST if PurePosixPath(found.member).name == LAST else BEST_DEV  # what resolve_checkpoint finds
+        target = extract_member(found.path, found.member, out_dir / name)
+        log.info("Extracted %s from %s into %s", found.member, found.path, target)
+        return target
+    _check_architecture(found, architecture)
+    report = convert_deepspeech_checkpoint(found.path, out_dir, n_hidden, alphabet, fallback)
     log.info("Converted the DeepSpeech checkpoint %s into %s", report.source, report.checkpoint)
     return report.checkpoint
 
 
-def check_transfer_source(source: Path, architecture: str) -> None:
-    """Refuse to start a model of another architecture than deepspeech from anything but a dsita checkpoint:
-    the converter writes deepspeech models only. Cheap, so `dsita run` checks it before importing."""
-    if architecture != DeepSpeechConfig.ARCHITECTURE and _dsita_checkpoint(source) is None:
+def check_transfer_source(source: Path, architecture: str) -> CheckpointSource:
+    """Find what `source` holds (see `find_checkpoint_source`), and refuse to start a model of another
+    architecture than deepspeech from a TensorFlow checkpoint: the converter writes deepspeech models only.
+    `dsita run` checks this before importing; it lists the archive's members (a .tar.xz is read through)."""
+    found = find_checkpoint_source(source)
+    _check_architecture(found, architecture)
+    return found
+
+
+def _check_architecture(found: CheckpointSource, architecture: str) -> None:
+    if found.kind == "deepspeech" and architecture != DeepSpeechConfig.ARCHITECTURE:
         raise DsitaError(
-            f"{source} holds no dsita checkpoint ({BEST_DEV} or {LAST}) to start MODEL={architecture} from; "
-            "a DeepSpeech TensorFlow checkpoint can start MODEL=deepspeech only"
+            f"{found.path} holds no dsita checkpoint ({BEST_DEV} or {LAST}) to start MODEL={architecture} "
+            "from; a DeepSpeech TensorFlow checkpoint can start MODEL=deepspeech only"
         )
-
-
-def _dsita_checkpoint(source: Path) -> Path | None:
-    """The dsita checkpoint file `source` is or holds; None for anything else (a TensorFlow checkpoint)."""
-    if source.is_file() and not tarfile.is_tarfile(source):
-        return source  # a dsita checkpoint file: loading it checks it
-    if source.is_dir() and any((source / name).is_file() for name in (BEST_DEV, LAST)):
-        return resolve_checkpoint(source)
-    return None
 
 
 def _holds_tf_checkpoint(folder: Path) -> bool:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import lzma
 import math
 import re
 import tarfile
@@ -52,7 +53,7 @@ READER_VERSION = 1  # TF's kTensorBundleVersion: the consumer version a bundle's
 # TF's DataType enum -> NumPy, for the number types checkpoints of weights and training state hold
 _TF_DTYPES = {1: "<f4", 2: "<f8", 3: "<i4", 9: "<i8", 19: "<f2"}
 DTYPES = {code: np.dtype(name) for code, name in _TF_DTYPES.items()}
-_READ_ERRORS = (OSError, EOFError, tarfile.TarError, zlib.error)
+READ_ERRORS = (OSError, EOFError, tarfile.TarError, zlib.error, lzma.LZMAError)
 _T = TypeVar("_T", int, bytes)
 
 
@@ -305,7 +306,7 @@ class TfCheckpoint:
                             )
                         if entry.name in wanted:
                             arrays[entry.name] = self._array(entry, buffer)
-            except _READ_ERRORS as exc:
+            except READ_ERRORS as exc:
                 raise DsitaError(f"{self.label}: cannot read {name} ({exc})") from None
         return arrays
 
@@ -327,7 +328,7 @@ def _read_file(where: str, files: dict[str, _File], name: str) -> bytes:
     try:
         with files[name].open() as f:
             return f.read()
-    except _READ_ERRORS as exc:
+    except READ_ERRORS as exc:
         raise DsitaError(f"{where}: cannot read {name} ({exc})") from None
 
 
@@ -368,26 +369,44 @@ def open_tf_checkpoint(path: Path) -> Iterator[TfCheckpoint]:
 
 
 @contextlib.contextmanager
-def _archive_files(path: Path) -> Iterator[dict[str, _File]]:
-    """The files of the one folder in the archive that holds a checkpoint; links and `..` are refused."""
+def open_checked_archive(path: Path) -> Iterator[tuple[tarfile.TarFile, list[tarfile.TarInfo]]]:
+    """A tar archive (any compression) and its members, every one checked first: no absolute path, no `..`,
+    no link or special file. Listing the members reads the whole archive (decompressing a .tar.xz)."""
     with contextlib.ExitStack() as stack:
         try:
             tar = stack.enter_context(tarfile.open(path, "r:*"))
             members = tar.getmembers()
-        except _READ_ERRORS as exc:
+        except READ_ERRORS as exc:
             raise DsitaError(f"{path}: not a readable tar archive ({exc})") from None
         for member in members:
-            parts = PurePosixPath(member.name).parts
-            if member.name.startswith(("/", "\\")) or ".." in parts or "\\" in member.name:
-                raise DsitaError(f"{path}: unsafe archive: member {member.name} escapes the archive's folder")
-            if not (member.isfile() or member.isdir()):
-                raise DsitaError(f"{path}: unsafe archive: member {member.name} is a link or special file")
+            check_member(path, member)
+        yield tar, members
+
+
+def check_member(path: Path, member: tarfile.TarInfo) -> None:
+    """Refuse an archive member that would land outside the folder it is unpacked into, or a link."""
+    parts = PurePosixPath(member.name).parts
+    if member.name.startswith(("/", "\\")) or ".." in parts or "\\" in member.name:
+        raise DsitaError(f"{path}: unsafe archive: member {member.name} escapes the archive's folder")
+    if not (member.isfile() or member.isdir()):
+        raise DsitaError(f"{path}: unsafe archive: member {member.name} is a link or special file")
+
+
+def checkpoint_folders(members: Collection[tarfile.TarInfo]) -> set[PurePosixPath]:
+    """The folders of an archive that hold a TensorFlow checkpoint (a state file or an index)."""
+    return {
+        PurePosixPath(m.name).parent
+        for m in members
+        if m.isfile() and (PurePosixPath(m.name).name in STATE_FILES or m.name.endswith(".index"))
+    }
+
+
+@contextlib.contextmanager
+def _archive_files(path: Path) -> Iterator[dict[str, _File]]:
+    """The files of the one folder in the archive that holds a checkpoint; links and `..` are refused."""
+    with open_checked_archive(path) as (tar, members):
         regular = [m for m in members if m.isfile()]
-        folders = {
-            PurePosixPath(m.name).parent
-            for m in regular
-            if PurePosixPath(m.name).name in STATE_FILES or m.name.endswith(".index")
-        }
+        folders = checkpoint_folders(regular)
         if len(folders) != 1:
             found = ", ".join(sorted(str(f) for f in folders)) or "none"
             raise DsitaError(f"{path}: expected one folder holding a TensorFlow checkpoint, found: {found}")

@@ -10,6 +10,8 @@ import csv
 import io
 import multiprocessing
 import os
+import re
+import sys
 from collections import Counter
 from collections.abc import Iterable
 from concurrent.futures import (
@@ -25,14 +27,14 @@ from typing import Literal
 
 import numpy as np
 import soundfile as sf
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from dsita.audio import SAMPLE_RATE, STEP_SAMPLES, to_mono_16k, write_wav
-from dsita.data.csvs import Sample, write_csv
+from dsita.data.csvs import WAV_HEADER_BYTES, Sample, write_csv
 from dsita.errors import DsitaError
 from dsita.fileio import atomic_write
+from dsita.progress import Progress
+from dsita.system import ParentWatch
 from dsita.text.alphabet import Alphabet
 from dsita.text.normalize import Rejection, normalize
 
@@ -45,6 +47,8 @@ TOO_SHORT = "too short"
 TRANSCRIPT_REJECTED = "transcript rejected"
 INVALID_UTF8 = "invalid UTF-8"
 MALFORMED_ROW = "malformed row"
+BLANK_LINE = "blank line"
+TEXT_TOO_LONG = "transcript too long"
 UNSAFE_PATH = "unsafe clip path"
 DUPLICATE = "duplicate clip"
 UNSAFE_MEMBER = "unsafe archive member"
@@ -52,8 +56,13 @@ LINK_MEMBER = "link or special member"
 BEYOND_LIMIT = "beyond IMPORT_MAX_CLIPS"
 
 BATCH = 4  # clips per worker task: fewer round trips between processes, still balanced at the end
+UNKNOWN_FRAMES = 1 << 62  # libsndfile's frame count for a stream of unknown length (SF_COUNT_MAX)
+# A transcript this many times longer than the most characters a MAX_SECS clip can carry is not
+# normalized at all (200 kB of text takes a second to normalize, and can only be skipped).
+RAW_TEXT_FACTOR = 10
 SILENCE_PEAK = 1e-4  # below about -80 dBFS nothing is audible once written as 16-bit PCM
 SKIPPED_COLUMNS = ("split", "source", "row", "reason", "detail")
+LINE_BREAK = re.compile(r"\r\n|\r|\n")  # the line breaks the csv module knows
 
 
 @dataclass(frozen=True)
@@ -131,22 +140,56 @@ def _prepare(job: ClipJob) -> ClipOutcome | np.ndarray:
         return ClipOutcome("failed", reason=NOT_FOUND, detail=job.src.name)
     name = job.src.name if isinstance(job.src, Path) else job.wav.stem
     try:
-        source = job.src if isinstance(job.src, Path) else io.BytesIO(job.src)
-        audio, rate = sf.read(source, dtype="float32", always_2d=True)
-        audio = to_mono_16k(audio, rate)
+        decoded = _decode(job)
+        if isinstance(decoded, ClipOutcome):
+            return decoded
+        audio = to_mono_16k(*decoded)
     except sf.LibsndfileError as exc:
         return ClipOutcome("failed", reason=UNDECODABLE, detail=f"{name}: {exc.error_string}")
-    except (RuntimeError, ValueError) as exc:
+    except (RuntimeError, ValueError, EOFError) as exc:
         return ClipOutcome("failed", reason=UNDECODABLE, detail=f"{name}: {exc}")
     peak = float(np.max(np.abs(audio))) if audio.size else 0.0
+    if not np.isfinite(peak):
+        return ClipOutcome("failed", audio.size, reason=UNDECODABLE, detail=f"{name}: NaN or infinite values")
     if peak < SILENCE_PEAK:
         return ClipOutcome(
             "failed", audio.size, reason=SILENT, detail=f"{audio.size} samples, peak {peak:.1e}"
         )
-    if audio.size > job.max_secs * SAMPLE_RATE:
-        secs = audio.size / SAMPLE_RATE
-        return ClipOutcome("failed", audio.size, reason=TOO_LONG, detail=f"{secs:.2f} s > {job.max_secs:g} s")
     return audio
+
+
+def _decode(job: ClipJob) -> tuple[np.ndarray, int] | ClipOutcome:
+    """(frames, channels) float32 audio and its rate. A clip over MAX_SECS is refused by its header's
+    length, before anything is decoded, and one whose header gives no length is decoded up to MAX_SECS
+    only: an hour-long clip never sits in memory.
+
+    One read call: soundfile seeks after every read, and libsndfile's MP3 seeks are inexact, so that MP3s
+    read block by block come out garbled (measured with libsndfile 1.2.2).
+    """
+    source = job.src if isinstance(job.src, Path) else io.BytesIO(job.src)
+    with sf.SoundFile(source) as f:
+        rate, most = f.samplerate, int(job.max_secs * f.samplerate)
+        known = 0 <= f.frames < UNKNOWN_FRAMES
+        if known and f.frames > most:
+            return _too_long(f.frames / rate, job.max_secs)
+        audio = f.read(most + 1, dtype="float32", always_2d=True)
+    if len(audio) > most:
+        return _too_long(None, job.max_secs)
+    return audio, rate
+
+
+def _too_long(seconds: float | None, max_secs: float) -> ClipOutcome:
+    length = f"{seconds:.2f} s" if seconds is not None else "longer"
+    return ClipOutcome("failed", reason=TOO_LONG, detail=f"{length} > {max_secs:g} s (MAX_SECS)")
+
+
+def wav_size(src: Path | bytes) -> int | None:
+    """The bytes of the WAV the importer writes for a clip, from its header only (None: unreadable)."""
+    try:
+        info = sf.info(src if isinstance(src, Path) else io.BytesIO(src))
+    except (sf.LibsndfileError, RuntimeError, ValueError, OSError):
+        return None
+    return WAV_HEADER_BYTES + 2 * round(info.duration * SAMPLE_RATE)
 
 
 def convert_batch(jobs: list[ClipJob]) -> list[ClipOutcome]:
@@ -162,17 +205,6 @@ def convert_batch(jobs: list[ClipJob]) -> list[ClipOutcome]:
     return outcomes
 
 
-def make_progress(enabled: bool) -> Progress:
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-        disable=not enabled,
-    )
-
-
 class ClipPool:
     """Runs `convert_batch` in worker processes, BATCH clips a task, with a bounded number of tasks in flight.
 
@@ -181,8 +213,7 @@ class ClipPool:
 
     def __init__(self, options: ImportOptions, progress: Progress) -> None:
         self.outcomes: dict[str, ClipOutcome] = {}
-        self._progress = progress
-        self._task = progress.add_task("converting clips", total=0)
+        self._task = progress.task("converting clips", 0, "clips")
         self._submitted = 0
         self._batch: list[tuple[str, ClipJob]] = []
         self._pending: dict[Future[list[ClipOutcome]], list[str]] = {}
@@ -191,7 +222,10 @@ class ClipPool:
         if options.workers > 1:
             methods = multiprocessing.get_all_start_methods()
             context = multiprocessing.get_context("fork" if "fork" in methods else None)
-            self._executor = ProcessPoolExecutor(options.workers, mp_context=context)
+            # Workers die with this process: an orphan would go on writing into the output folder.
+            self._executor = ProcessPoolExecutor(
+                options.workers, mp_context=context, initializer=ParentWatch()
+            )
 
     def __enter__(self) -> ClipPool:
         if self._executor is not None:
@@ -220,7 +254,7 @@ class ClipPool:
 
     def _count_one(self) -> None:
         self._submitted += 1
-        self._progress.update(self._task, total=self._submitted)
+        self._task.set_total(self._submitted)
 
     def _flush(self) -> None:
         if not self._batch:
@@ -242,33 +276,61 @@ class ClipPool:
 
     def _store(self, keys: list[str], outcomes: list[ClipOutcome]) -> None:
         self.outcomes.update(zip(keys, outcomes, strict=True))
-        self._progress.advance(self._task, len(keys))
+        self._task.advance(len(keys))
 
 
 def read_table(
     data: bytes, source: str, split: str, delimiter: str, quoting: int
 ) -> tuple[list[str], list[tuple[int, dict[str, str]]], list[Skip]]:
-    """Parse a CSV/TSV into (header, [(row number, fields)], skips); bad rows are skipped, not fatal.
+    """Parse a CSV/TSV into (header, [(line number, fields)], skips), line by line: one line is one row.
 
+    Every line after the header ends in the rows or in the skips, never merged into another: a quoted field
+    that does not close on its line (which the csv module would run on into the lines after it), a wrong
+    number of fields, a blank line or invalid UTF-8 skips that line only. Fields have no size limit: what a
+    huge field means is for its reader to say (a huge transcript is skipped, see `check_transcript`).
     Bytes are decoded with surrogateescape so that one line of invalid UTF-8 skips that row only.
     """
     text = data.decode("utf-8", errors="surrogateescape").removeprefix("\ufeff")
-    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter, quoting=quoting)
-    header = list(reader.fieldnames or [])
+    lines = LINE_BREAK.split(text)
+    if lines[-1] == "":
+        lines.pop()  # the last line's own line break starts no line
+    if not lines:
+        return [], [], []
+    header = _parse_line(lines[0], delimiter, quoting)
+    if isinstance(header, str):
+        raise DsitaError(f"{source}, line 1: cannot read the header ({header})")
     if not _valid_utf8(header):
         raise DsitaError(f"{source}: the header line is not valid UTF-8")
     rows: list[tuple[int, dict[str, str]]] = []
     skips: list[Skip] = []
-    for fields in reader:
-        number = reader.line_num
-        values = [v for v in fields.values() if isinstance(v, str)]
-        if not _valid_utf8(values):
-            skips.append(Skip(split, source, number, INVALID_UTF8, _escaped(values)))
-        elif None in fields.values():
-            skips.append(Skip(split, source, number, MALFORMED_ROW, f"{len(values)} of {len(header)} fields"))
+    for number, line in enumerate(lines[1:], start=2):
+        fields = _parse_line(line, delimiter, quoting) if line.strip() else None
+        if fields is None:
+            skips.append(Skip(split, source, number, BLANK_LINE, ""))
+        elif not _valid_utf8([line]):
+            skips.append(Skip(split, source, number, INVALID_UTF8, _escaped([line])))
+        elif isinstance(fields, str):
+            skips.append(Skip(split, source, number, MALFORMED_ROW, fields))
+        elif len(fields) != len(header):
+            skips.append(Skip(split, source, number, MALFORMED_ROW, f"{len(fields)} of {len(header)} fields"))
         else:
-            rows.append((number, fields))
+            rows.append((number, dict(zip(header, fields, strict=True))))
     return header, rows, skips
+
+
+def _parse_line(line: str, delimiter: str, quoting: int) -> list[str] | str:
+    """One line's fields, or why they cannot be read (an unclosed quote). No field size limit applies."""
+    if quoting == csv.QUOTE_NONE:
+        return line.split(delimiter)
+    limit = csv.field_size_limit(sys.maxsize)
+    try:
+        return next(csv.reader([line], delimiter=delimiter, quoting=quoting, strict=True), [])
+    except csv.Error as exc:
+        if "unexpected end of data" in str(exc):
+            return "unbalanced quote: a quoted field does not close on its line"
+        return f"unreadable quoting ({exc})"
+    finally:
+        csv.field_size_limit(limit)
 
 
 def _valid_utf8(values: Iterable[str]) -> bool:
@@ -285,10 +347,26 @@ def _escaped(values: list[str]) -> str:
     return raw.decode("utf-8", errors="backslashreplace")[:200]
 
 
-def check_transcript(text: str, alphabet: Alphabet, split: str, source: str, row: int) -> str | Skip:
+def max_transcript_chars(max_secs: float) -> int:
+    """The most characters a clip of `max_secs` can carry: CTC needs a 20 ms frame per character."""
+    return int(max_secs * SAMPLE_RATE) // STEP_SAMPLES
+
+
+def check_transcript(
+    text: str, alphabet: Alphabet, split: str, source: str, row: int, max_secs: float | None = None
+) -> str | Skip:
+    """The normalized transcript, or the skip of a row whose transcript is rejected or, given `max_secs`,
+    longer than any clip that short could carry."""
+    most = max_transcript_chars(max_secs) if max_secs is not None else None
+    if most is not None and len(text) > RAW_TEXT_FACTOR * most:
+        detail = f"{len(text)} characters before normalization; a {max_secs:g} s clip carries at most {most}"
+        return Skip(split, source, row, TEXT_TOO_LONG, detail)
     result = normalize(text, alphabet)
     if isinstance(result, Rejection):
         return Skip(split, source, row, TRANSCRIPT_REJECTED, f"{result.reason}: {text[:200]}")
+    if most is not None and len(result) > most:
+        detail = f"{len(result)} characters; a {max_secs:g} s clip (MAX_SECS) carries at most {most}"
+        return Skip(split, source, row, TEXT_TOO_LONG, detail)
     return result
 
 

@@ -7,9 +7,13 @@ special files are refused and reported, and nothing is ever written under a memb
 written under their checked base name). The split TSVs are small and kept in memory. They may come before
 or after the clips. Once train/dev/test.tsv have been read, each wanted clip's bytes go straight to a
 worker and the other clips are skipped. Clips that come before the TSVs are copied (in 1 MiB chunks) to the
-scratch folder OUT/mp3/ and converted once the TSVs are known. OUT/mp3/ is removed when the run completes;
-an interrupted run leaves it, and the next run overwrites it. Memory stays bounded: only a few batches of
-clips are in flight at a time (see `ClipPool`).
+scratch folder OUT/mp3/ and converted once the TSVs are known. OUT/mp3/ is removed when the import ends,
+whether it succeeds or fails (a full disk); a killed run leaves it, and the next run overwrites it. Memory
+stays bounded: only a few batches of clips are in flight at a time (see `ClipPool`).
+
+Clip lengths are checked against MAX_SECS from each clip's header before it is decoded (see
+`dsita.data.clips`); a full or read-only output disk is one error line with the space the import needs
+(`import_disk_bytes`, which `dsita run`'s checks use too).
 
 Resume: a clip whose WAV already exists and is valid (see `existing_wav`) is neither copied nor decoded.
 A clip listed in several splits (which CV never does) stays in the first of test, dev, train, so that no
@@ -44,11 +48,12 @@ from dsita.data.clips import (
     check_transcript,
     existing_wav,
     finish_import,
-    make_progress,
     read_table,
+    wav_size,
 )
 from dsita.errors import DsitaError
 from dsita.progress import Progress
+from dsita.system import disk_errors
 
 log = logging.getLogger("dsita.data")
 SPLITS = ("train", "dev", "test")
@@ -57,16 +62,27 @@ PRIORITY = ("test", "dev", "train")  # where a clip listed in several splits is 
 TSV_NAMES = {f"{split}.tsv": split for split in SPLITS}
 MB = 1e6
 MAX_IN_MEMORY = 16 << 20  # a wanted clip member up to this size goes to a worker without a scratch copy
+SAMPLED_BYTES = 8 << 20  # of an archive, read to measure its clips' WAV size per archive byte
+SAMPLED_CLIPS = 200  # of a folder, measured likewise
+WAV_PER_ARCHIVE_BYTE = 9.2  # the bundled sample's (32 kb/s MP3): for an archive whose clips cannot be read
 SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.,+=@-]{0,200}")
 
 Tables = dict[str, tuple[str, bytes]]  # split -> (where the TSV came from, its bytes)
 
 
 def import_common_voice(path: str | Path, out_dir: str | Path, options: ImportOptions) -> ImportReport:
-    """Import a Common Voice release into DeepSpeech CSVs; see the module docstring for the rules."""
+    """Import a Common Voice release into DeepSpeech CSVs; see the module docstring for the rules.
+
+    A full or read-only output disk is one DsitaError naming the folder and about what the import needs.
+    """
     path, out_dir = Path(path), Path(out_dir)
     if not path.exists():
         raise DsitaError(f"{path}: not found; expected a Common Voice it.tar.gz or its extracted folder")
+    with disk_errors(out_dir, lambda: import_disk_bytes(path, options.max_clips), "the import"):
+        return _import(path, out_dir, options)
+
+
+def _import(path: Path, out_dir: Path, options: ImportOptions) -> ImportReport:
     notes = []
     digests = {name: value for name, value in (("sha256", options.sha256), ("sha1", options.sha1)) if value}
     if path.is_dir():
@@ -83,6 +99,51 @@ def import_common_voice(path: str | Path, out_dir: str | Path, options: ImportOp
     csv_files = {split: out_dir / f"{split}.csv" for split in SPLITS if split in tables}
     report = ImportReport(out_dir, csv_files, out_dir / "skipped.csv", notes=notes)
     return finish_import(report, entries, outcomes, skips)
+
+
+def import_disk_bytes(path: Path, max_clips: int | None = None) -> int:
+    """About what importing `path` (an archive or its folder) writes: every clip as a 16 kHz 16-bit WAV.
+
+    Measured, not assumed: the WAV bytes per archive byte of the clips in its first few MB (Common Voice's
+    MP3s have been 32 to 64 kb/s, which become 8 to 4 times their size), times the archive's size. A fixed
+    subset (`max_clips`, FAST_TRAIN) writes at most that many average clips per split.
+    """
+    if path.is_dir():
+        clips = sorted((_find_locale(path) / "clips").glob("*"))
+        total = sum(p.stat().st_size for p in clips)
+        sampled = [(p.stat().st_size, wav_size(p)) for p in clips[:SAMPLED_CLIPS]]
+        spanned, wav = sum(s for s, w in sampled if w), sum(w for _, w in sampled if w)
+        count = sum(1 for _, w in sampled if w)
+    else:
+        total = path.stat().st_size
+        spanned, wav, count = _sample_archive(path)
+    per_byte = wav / spanned if spanned and wav else WAV_PER_ARCHIVE_BYTE
+    estimate = int(total * per_byte)
+    if max_clips is not None and count:
+        estimate = min(estimate, len(SPLITS) * max_clips * wav // count)
+    return estimate
+
+
+def _sample_archive(path: Path) -> tuple[int, int, int]:
+    """(compressed bytes spanned, WAV bytes, clips) for the clips in the first SAMPLED_BYTES of an archive."""
+    spanned = wav = count = 0
+    try:
+        with open(path, "rb") as raw, tarfile.open(fileobj=raw, mode="r|gz") as tar:
+            start = None
+            for member in tar:
+                tar.members = []
+                if (raw.tell() > SAMPLED_BYTES and count) or raw.tell() > 8 * SAMPLED_BYTES:
+                    break  # enough clips measured, or an archive that starts with large TSVs
+                name = PurePosixPath(member.name)
+                if not member.isfile() or name.parent.name != "clips" or member.size > MAX_IN_MEMORY:
+                    continue
+                start = raw.tell() if start is None else start
+                size = wav_size(_read_member(tar, member))
+                if size:
+                    wav, count, spanned = wav + size, count + 1, raw.tell() - start
+    except (tarfile.TarError, EOFError, zlib.error, OSError, DsitaError):
+        pass  # the import itself says what is wrong with the archive
+    return spanned, wav, count
 
 
 def verify_digest(path: Path, algorithm: str, expected: str, show_progress: bool) -> None:
@@ -127,7 +188,8 @@ def _entries(tables: Tables, out_dir: Path, options: ImportOptions) -> tuple[lis
                 skips.append(Skip(split, source, row, DUPLICATE, f"{name} is already in {first_split[key]}"))
                 continue
             first_split[key] = split
-            text = check_transcript(fields["sentence"], options.alphabet, split, source, row)
+            sentence = fields["sentence"]
+            text = check_transcript(sentence, options.alphabet, split, source, row, options.max_secs)
             if isinstance(text, Skip):
                 skips.append(text)
             else:
@@ -158,7 +220,7 @@ def _import_folder(
         if (locale / name).is_file()
     }
     entries, skips = _entries(tables, out_dir, options)
-    progress = make_progress(options.progress)
+    progress = Progress(options.progress, log)
     with ClipPool(options, progress) as pool, progress:
         for entry in entries:
             src = locale / "clips" / f"{entry.key}.mp3"
@@ -184,16 +246,27 @@ def _member_problem(member: tarfile.TarInfo) -> tuple[str, str] | None:
 def _import_archive(
     path: Path, out_dir: Path, options: ImportOptions
 ) -> tuple[Tables, list[Entry], list[Skip], dict[str, ClipOutcome]]:
-    progress = make_progress(options.progress)
+    progress = Progress(options.progress, log)
+    spool = out_dir / "mp3"
+    try:
+        return _scan_archive(path, out_dir, options, progress)
+    finally:
+        # Scratch copies only: a failed import (a full disk) leaves none; a killed one, the next run removes.
+        shutil.rmtree(spool, ignore_errors=True)
+
+
+def _scan_archive(
+    path: Path, out_dir: Path, options: ImportOptions, progress: Progress
+) -> tuple[Tables, list[Entry], list[Skip], dict[str, ClipOutcome]]:
     with ClipPool(options, progress) as pool, progress, open(path, "rb") as raw:
         scan = _ArchiveScan(out_dir, options, pool)
-        reading = progress.add_task(f"reading {path.name} (MB)", total=path.stat().st_size / MB)
+        reading = progress.task(f"reading {path.name}", path.stat().st_size / MB, "MB")
         try:
             with tarfile.open(fileobj=raw, mode="r|gz") as tar:
                 for member in tar:
                     tar.members = []  # stream mode keeps every TarInfo otherwise: memory grows with it
                     scan.add(tar, member)
-                    progress.update(reading, completed=raw.tell() / MB)
+                    reading.advance(raw.tell() / MB - reading.completed)
         except (tarfile.TarError, EOFError, zlib.error) as exc:
             raise DsitaError(f"{path}: cannot read the archive as .tar.gz ({exc})") from None
         locales = [folder for folder, tables in scan.by_folder.items() if "train" in tables]
@@ -204,7 +277,6 @@ def _import_archive(
         if scan.entries is None:
             scan.read_tables(tables)
         outcomes = pool.finish()
-    shutil.rmtree(scan.spool, ignore_errors=True)
     return tables, scan.entries or [], scan.skips, outcomes
 
 

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import csv
+import io
+import math
 import os
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from dsita.audio import SAMPLE_RATE
 from dsita.errors import DsitaError
@@ -34,28 +38,55 @@ def sample_duration(sample: Sample) -> float:
 
 
 def read_csv(path: str | Path) -> list[Sample]:
-    """Read a DeepSpeech CSV; relative paths resolve against the CSV's folder."""
+    """Read a DeepSpeech CSV; relative paths resolve against the CSV's folder.
+
+    Anything but a well-formed table (not UTF-8, a quote that never closes, a row of the wrong width, a
+    size or duration that is not a number) is a DsitaError naming the file and the line.
+    """
     path = Path(path)
     if not path.is_file():
         raise DsitaError(f"{path}: CSV file not found")
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8").removeprefix("\ufeff")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise DsitaError(f"{path}, line {line}: not UTF-8 text") from None
+    limit = csv.field_size_limit(sys.maxsize)  # a transcript has no size limit here
+    try:
+        return _samples(path, csv.reader(io.StringIO(text, newline=""), strict=True))
+    except csv.Error as exc:
+        raise DsitaError(f"{path}: not a readable CSV ({exc})") from None
+    finally:
+        csv.field_size_limit(limit)
+
+
+def _samples(path: Path, reader: Any) -> list[Sample]:
+    header = next(reader, [])
+    missing = [c for c in COLUMNS if c not in header]
+    if missing:
+        raise DsitaError(f"{path}: missing column(s) {', '.join(missing)}; expected {','.join(COLUMNS)}")
+    columns = {name: header.index(name) for name in (*COLUMNS, "duration") if name in header}
     samples = []
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
-        if missing:
-            raise DsitaError(f"{path}: missing column(s) {', '.join(missing)}; expected {','.join(COLUMNS)}")
-        for row_number, row in enumerate(reader, start=2):
-            try:
-                size = int(row["wav_filesize"])
-                duration = float(row["duration"]) if row.get("duration") else None
-            except ValueError:
-                raise DsitaError(
-                    f"{path}, row {row_number}: wav_filesize must be an integer and duration a number"
-                ) from None
-            wav = Path(row["wav_filename"])
-            samples.append(
-                Sample(Path(os.path.normpath(path.parent / wav)), size, row["transcript"], duration)
-            )
+    for fields in reader:
+        where = f"{path}, line {reader.line_num}"
+        if not fields:
+            continue
+        if len(fields) != len(header):
+            raise DsitaError(f"{where}: {len(fields)} fields, but the header has {len(header)}")
+        wav = fields[columns["wav_filename"]]
+        if not wav or "\0" in wav:
+            raise DsitaError(f"{where}: wav_filename must be a file path, got {wav!r}")
+        try:
+            size = int(fields[columns["wav_filesize"]])
+            seconds = fields[columns["duration"]] if "duration" in columns else ""
+            duration = float(seconds) if seconds else None
+        except ValueError:
+            raise DsitaError(f"{where}: wav_filesize must be an integer and duration a number") from None
+        if size < 0 or (duration is not None and not 0 <= duration < math.inf):
+            raise DsitaError(f"{where}: wav_filesize and duration must not be negative (or not a number)")
+        transcript = fields[columns["transcript"]]
+        samples.append(Sample(Path(os.path.normpath(path.parent / wav)), size, transcript, duration))
     return samples
 
 

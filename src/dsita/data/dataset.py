@@ -279,10 +279,17 @@ class BucketBatchSampler(Sampler[list[tuple[int, int]]]):
             rng = np.random.default_rng([self.seed, epoch])
             permutation = rng.permutation(n)
             pool = self.batch_size * self.pool_batches
-            steps = []
+            steps, leftover = [], []
             for start in range(0, n, pool):
                 chunk = permutation[start : start + pool]
-                steps += _group(self._cut(chunk[np.argsort(self.durations[chunk], kind="stable")]), replicas)
+                batches = self._cut(chunk[np.argsort(self.durations[chunk], kind="stable")])
+                whole = len(batches) - len(batches) % replicas
+                steps += _group(batches[:whole], replicas)
+                # A pool's last batches, its longest, join the other pools' in steps of their own, rather than
+                # the pool's shortest (a slow step, and clips trained twice an epoch).
+                leftover += batches[whole:]
+            leftover.sort(key=lambda batch: float(self.durations[batch].max()))
+            steps += _group(leftover, replicas)
             steps = [steps[i] for i in rng.permutation(len(steps))]
         return [step[self.rank] for step in steps]
 

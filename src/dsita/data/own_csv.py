@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import logging
 import re
+from functools import partial
 from pathlib import Path, PurePosixPath
 
 from dsita.data.clips import (
@@ -24,10 +26,14 @@ from dsita.data.clips import (
     Skip,
     check_transcript,
     finish_import,
-    make_progress,
     read_table,
+    wav_size,
 )
 from dsita.errors import DsitaError
+from dsita.progress import Progress
+from dsita.system import disk_errors
+
+log = logging.getLogger("dsita.data")
 
 AUDIO_COLUMNS = (
     "wav_filename",
@@ -43,6 +49,7 @@ AUDIO_COLUMNS = (
 TEXT_COLUMNS = ("transcript", "sentence", "text", "transcription", "normalized_text")
 DELIMITERS = ",\t;|"
 SAFE_SPLIT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+SAMPLED_CLIPS = 200  # clips whose headers measure the WAV size per source byte
 
 
 def import_own_csv(
@@ -53,21 +60,59 @@ def import_own_csv(
     text_column: str | None = None,
     split: str | None = None,
 ) -> ImportReport:
-    """Import the clips a table lists; columns are auto-detected unless named."""
+    """Import the clips a table lists; columns are auto-detected unless named.
+
+    Every line of the table ends in OUT/<split>.csv or OUT/<split>.skipped.csv. A full or read-only output
+    disk is one DsitaError naming the folder and about what the import needs.
+    """
     table, out_dir = Path(table), Path(out_dir)
-    if not table.is_file():
-        raise DsitaError(f"{table}: file not found; expected a CSV or TSV of audio paths and transcripts")
     split = split or table.stem
     if not SAFE_SPLIT.fullmatch(split):
         raise DsitaError(f"split name {split!r}: use letters, digits, '.', '_' and '-' only")
+    header, rows, skips = _read(table, split)
+    audio = _column(table, header, audio_column, AUDIO_COLUMNS, "audio")
+    text = _column(table, header, text_column, TEXT_COLUMNS, "transcript")
+    needed = partial(_disk_bytes, table, [fields[audio].strip() for _, fields in rows])
+    with disk_errors(out_dir, needed, "the import"):
+        return _import(table, out_dir, options, split, rows, skips, audio, text)
+
+
+def import_disk_bytes(table: Path, audio_column: str | None = None) -> int:
+    """About what importing `table` writes: the clips it lists as 16 kHz 16-bit WAVs, measured on the first
+    ones' headers and scaled to the size of them all."""
+    header, rows, _ = _read(table, table.stem)
+    audio = _column(table, header, audio_column, AUDIO_COLUMNS, "audio")
+    return _disk_bytes(table, [fields[audio].strip() for _, fields in rows])
+
+
+def _disk_bytes(table: Path, names: list[str]) -> int:
+    files = [table.parent / name for name in names if name and (table.parent / name).is_file()]
+    total = sum(p.stat().st_size for p in files)
+    sampled = [(p.stat().st_size, wav_size(p)) for p in files[:SAMPLED_CLIPS]]
+    source, wav = sum(s for s, w in sampled if w), sum(w for _, w in sampled if w)
+    return int(total * wav / source) if source and wav else total
+
+
+def _read(table: Path, split: str) -> tuple[list[str], list[tuple[int, dict[str, str]]], list[Skip]]:
+    if not table.is_file():
+        raise DsitaError(f"{table}: file not found; expected a CSV or TSV of audio paths and transcripts")
     data = table.read_bytes()
     delimiter = _sniff_delimiter(data)
     # Tab-separated exports (Common Voice style) do not quote, and their sentences contain stray quotes.
     quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
-    header, rows, skips = read_table(data, table.name, split, delimiter, quoting)
-    audio = _column(table, header, audio_column, AUDIO_COLUMNS, "audio")
-    text = _column(table, header, text_column, TEXT_COLUMNS, "transcript")
+    return read_table(data, table.name, split, delimiter, quoting)
 
+
+def _import(
+    table: Path,
+    out_dir: Path,
+    options: ImportOptions,
+    split: str,
+    rows: list[tuple[int, dict[str, str]]],
+    skips: list[Skip],
+    audio: str,
+    text: str,
+) -> ImportReport:
     entries: list[Entry] = []
     sources: dict[str, Path] = {}
     first_row: dict[str, int] = {}
@@ -82,14 +127,16 @@ def import_own_csv(
             skips.append(Skip(split, table.name, row, DUPLICATE, f"{raw} is already on row {first_row[key]}"))
             continue
         first_row[key] = row
-        transcript = check_transcript(fields[text], options.alphabet, split, table.name, row)
+        transcript = check_transcript(
+            fields[text], options.alphabet, split, table.name, row, options.max_secs
+        )
         if isinstance(transcript, Skip):
             skips.append(transcript)
             continue
         entries.append(Entry(split, table.name, row, key, wav, transcript))
         sources[key] = table.parent / raw  # an absolute `raw` replaces the folder
 
-    progress = make_progress(options.progress)
+    progress = Progress(options.progress, log)
     with ClipPool(options, progress) as pool, progress:
         for entry in entries:
             pool.submit(entry.key, ClipJob(sources[entry.key], entry.wav, options.max_secs))

@@ -11,17 +11,20 @@ of unseen sentences in voices the model heard. With `engines` limited to one eng
 leave-one-engine-out benchmark: train on espeak-ng variants, test on the festival voices.
 
 With `variety` (a `SynthVariety`), each speaker also gets a vocal tract of its own, a formant factor baked
-into its clips after synthesis (`dsita.data.speaker.formant_shift`), and an espeak-ng word gap or a festival
-pitch range; and each clip varies its speaker's speed, pitch and (espeak-ng) amplitude a little, as a person
-does from one sentence to the next. Speakers that share an engine voice then differ in timbre, not only in
-speed and pitch: the report counts these distinct voices.
+into its clips after synthesis (`dsita.data.augmentation.speaker.formant_shift`), and an espeak-ng word gap
+or a festival pitch range; and each clip varies its speaker's speed, pitch and (espeak-ng) amplitude a
+little, as a person does from one sentence to the next. Speakers that share an engine voice then differ in
+timbre, not only in speed and pitch: the report counts these distinct voices. `espeak_variants` limits the
+espeak-ng variants, so that a benchmark can keep a family of them out of training.
 """
 
 from __future__ import annotations
 
+import csv
 import gzip
 import hashlib
 import io
+import logging
 import math
 import random
 import re
@@ -30,6 +33,7 @@ import subprocess
 import tarfile
 import tempfile
 import time
+import zlib
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -39,9 +43,15 @@ import numpy as np
 import soundfile as sf
 
 from dsita.audio import SAMPLE_RATE, to_mono_16k
+from dsita.data.clips import read_table
 from dsita.data.sentences import Sentence, prepare_sentences
 from dsita.errors import DsitaError
 from dsita.fileio import atomic_write
+from dsita.progress import Progress
+from dsita.text.alphabet import Alphabet
+from dsita.text.normalize import Rejection, normalize
+
+log = logging.getLogger(__name__)
 
 ESPEAK = "espeak-ng"
 FESTIVAL = "festival"
@@ -132,6 +142,9 @@ class SynthOptions:
     workers: int = 2
     shared_speakers: bool = False  # every split drawn from the same speakers (sentences still disjoint)
     variety: SynthVariety | None = None  # None: engine voices, speeds and pitches only, as before
+    espeak_variants: tuple[str, ...] = ESPEAK_VARIANTS  # e.g. all but a family a benchmark holds out
+    exclude: frozenset[str] = frozenset()  # normalized transcripts never spoken (see `held_out_sentences`)
+    progress: bool = False  # a bar in a terminal; a log line every 30 s in any case (`dsita.progress`)
 
     def __post_init__(self) -> None:
         if self.n_clips < 1 or self.clips_per_speaker < 1 or self.workers < 1:
@@ -144,6 +157,11 @@ class SynthOptions:
             raise DsitaError(f"engines {self.engines}: choose among {', '.join(ENGINES)}")
         if not 1 <= self.min_words <= self.max_words:
             raise DsitaError(f"word range {self.min_words}..{self.max_words} is empty")
+        unknown = sorted(set(self.espeak_variants) - set(ESPEAK_VARIANTS))
+        if not self.espeak_variants or unknown:
+            raise DsitaError(
+                f"espeak-ng variants {unknown or '()'}: choose among {', '.join(ESPEAK_VARIANTS)}"
+            )
 
 
 @dataclass(frozen=True)
@@ -218,6 +236,7 @@ class SynthReport:
 
     speakers: int = 0  # distinct speakers in the whole corpus
     voices: int = 0  # distinct timbres in the whole corpus
+    excluded_sentences: int = 0  # usable sentences left out because `SynthOptions.exclude` holds them
 
     @property
     def hours(self) -> float:
@@ -248,7 +267,7 @@ def plan_speakers(
 ) -> dict[str, list[Speaker]]:
     """Speakers of each split, alternating engines, all distinct; espeak-ng variants never shared, unless
     `options.shared_speakers`, where every split uses one pool drawn from all variants."""
-    variants = list(ESPEAK_VARIANTS)
+    variants = list(options.espeak_variants)
     rng.shuffle(variants)
     if options.shared_speakers:
         n_speakers = max(len(options.engines), math.ceil(sum(sizes) / options.clips_per_speaker))
@@ -449,7 +468,7 @@ def apply_vocal_tract(audio: np.ndarray, rate: int, formant: float) -> np.ndarra
     # Imported here: the CLI imports this module for its options, and torch takes a second to load.
     import torch
 
-    from dsita.data.speaker import formant_shift
+    from dsita.data.augmentation.speaker import formant_shift
 
     clip = torch.from_numpy(np.ascontiguousarray(to_mono_16k(audio, rate)))
     with torch.no_grad():
@@ -493,10 +512,13 @@ def _add_member(tar: tarfile.TarFile, name: str, data: bytes | None) -> None:
         tar.addfile(info, io.BytesIO(data))
 
 
-def write_archive(out_path: Path, clips: Sequence[PlannedClip], workers: int) -> dict[str, float]:
+def write_archive(
+    out_path: Path, clips: Sequence[PlannedClip], workers: int, show_bars: bool = False
+) -> dict[str, float]:
     """Render the clips in parallel into a new `.tar.gz`, atomically; return each clip's duration."""
     durations: dict[str, float] = {}
     with (
+        Progress(show_bars, log) as progress,
         tempfile.TemporaryDirectory(prefix="dsita-synth-") as workdir,
         atomic_write(out_path, "wb") as raw,
         gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as compressed,
@@ -513,10 +535,12 @@ def write_archive(out_path: Path, clips: Sequence[PlannedClip], workers: int) ->
         for empty in ("other", "invalidated"):
             _add_member(tar, f"{TOP_DIR}/{empty}.tsv", tsv_bytes([], TSV_COLUMNS))
         rendered = pool.map(lambda clip: render_clip(clip, Path(workdir)), clips)
+        task = progress.task(f"synthesizing {out_path.name}", len(clips), "clips")
         try:
             for clip, (mp3, seconds) in zip(clips, rendered, strict=True):
                 _add_member(tar, f"{TOP_DIR}/clips/{clip.filename}", mp3)
                 durations[clip.filename] = seconds
+                task.advance()
         except BaseException:
             pool.shutdown(cancel_futures=True)  # a failed engine fails every clip: stop at the first
             raise
@@ -530,9 +554,10 @@ def synthesize_corpus(sentences: Sequence[str], out_path: str | Path, options: S
     started = time.monotonic()
     out_path = Path(out_path)
     check_engines(options.engines)
-    usable = prepare_sentences(sentences, options.min_words, options.max_words)
+    prepared = prepare_sentences(sentences, options.min_words, options.max_words)
+    usable = [sentence for sentence in prepared if sentence.normalized not in options.exclude]
     clips = plan_corpus(usable, options)
-    durations = write_archive(out_path, clips, options.workers)
+    durations = write_archive(out_path, clips, options.workers, options.progress)
     splits = {}
     for split in SPLITS:
         in_split = [c for c in clips if c.split == split]
@@ -552,4 +577,61 @@ def synthesize_corpus(sentences: Sequence[str], out_path: str | Path, options: S
         time.monotonic() - started,
         speakers=len({c.speaker for c in clips}),
         voices=len({c.speaker.timbre for c in clips}),
+        excluded_sentences=len(prepared) - len(usable),
     )
+
+
+def held_out_sentences(paths: Iterable[Path]) -> frozenset[str]:
+    """Normalized transcripts to keep out of a corpus (`SynthOptions.exclude`), so that a model trained on it
+    never hears another corpus's evaluation sentences: every `sentence` of a Common Voice archive's TSVs
+    (`.tar.gz`, `.tgz`, `.tar`), of a `.tsv` file, or every `transcript` of a DeepSpeech `.csv`."""
+    alphabet = Alphabet.italian()
+    found: set[str] = set()
+    for path in paths:
+        if not path.is_file():
+            raise DsitaError(f"{path}: file to exclude sentences of not found")
+        if path.name.endswith((".tar.gz", ".tgz", ".tar")):
+            tables = _archive_tables(path)
+        elif path.suffix in (".tsv", ".csv"):
+            tables = {str(path): path.read_bytes()}
+        else:
+            raise DsitaError(
+                f"{path}: expected a Common Voice archive (.tar.gz), a .tsv or a DeepSpeech .csv"
+            )
+        for source, data in tables.items():
+            found.update(_table_sentences(data, source, alphabet))
+    return frozenset(found)
+
+
+def _archive_tables(path: Path) -> dict[str, bytes]:
+    """`archive:member` -> bytes of every TSV in a Common Voice archive, read as a stream (clips skipped)."""
+    tables: dict[str, bytes] = {}
+    try:
+        with tarfile.open(path, mode="r|*") as tar:
+            for member in tar:
+                tar.members = []  # stream mode keeps every TarInfo otherwise
+                if member.isfile() and member.name.endswith(".tsv"):
+                    extracted = tar.extractfile(member)
+                    if extracted is not None:
+                        tables[f"{path}:{member.name}"] = extracted.read()
+    except (tarfile.TarError, EOFError, zlib.error) as exc:
+        raise DsitaError(f"{path}: cannot read the archive ({exc})") from None
+    if not tables:
+        raise DsitaError(f"{path}: no .tsv file in the archive; expected a Common Voice release")
+    return tables
+
+
+def _table_sentences(data: bytes, source: str, alphabet: Alphabet) -> list[str]:
+    """The normalized sentences of a Common Voice TSV or a DeepSpeech CSV; a TSV without a `sentence`
+    column (`clip_durations.tsv`) has none."""
+    is_tsv = source.endswith(".tsv")
+    delimiter, quoting, column = (
+        ("\t", csv.QUOTE_NONE, "sentence") if is_tsv else (",", csv.QUOTE_MINIMAL, "transcript")
+    )
+    header, rows, _ = read_table(data, source, "exclude", delimiter, quoting)
+    if column not in header:
+        if is_tsv:
+            return []
+        raise DsitaError(f"{source}: no {column} column; columns found: {', '.join(header)}")
+    normalized = (normalize(fields[column], alphabet) for _, fields in rows)
+    return [text for text in normalized if not isinstance(text, Rejection)]

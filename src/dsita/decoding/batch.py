@@ -18,6 +18,7 @@ import numpy as np
 from dsita.decoding.beam import BeamSearchDecoder, DecoderOptions, check_alphabet
 from dsita.decoding.greedy import greedy_text
 from dsita.lm.scorer import Scorer
+from dsita.system import ParentWatch
 from dsita.text.alphabet import Alphabet
 
 CHUNKS_PER_WORKER = 4  # a few chunks per worker even out utterances of different lengths
@@ -26,8 +27,9 @@ CHUNKS_PER_WORKER = 4  # a few chunks per worker even out utterances of differen
 _worker_decoder: BeamSearchDecoder | None = None
 
 
-def _start_worker(scorer: Scorer, alphabet: Alphabet) -> None:
+def _start_worker(watch: ParentWatch, scorer: Scorer, alphabet: Alphabet) -> None:
     global _worker_decoder
+    watch()  # die with the parent: an orphaned decoder would hold its memory and a CPU for nothing
     _worker_decoder = BeamSearchDecoder(scorer, alphabet)
 
 
@@ -56,7 +58,10 @@ class BatchDecoder:
             methods = multiprocessing.get_all_start_methods()
             context = multiprocessing.get_context("fork" if "fork" in methods else None)
             self._pool = ProcessPoolExecutor(
-                self.workers, mp_context=context, initializer=_start_worker, initargs=(scorer, alphabet)
+                self.workers,
+                mp_context=context,
+                initializer=_start_worker,
+                initargs=(ParentWatch(), scorer, alphabet),
             )
 
     def __enter__(self) -> BatchDecoder:

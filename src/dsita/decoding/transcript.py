@@ -9,16 +9,21 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from dsita.text.alphabet import Alphabet
 from dsita.text.itn import itn_text, spans
 
+if TYPE_CHECKING:
+    from dsita.decoding.subtitles import Cue, CueOptions
+
 
 @dataclass(frozen=True)
 class Word:
+    """A word of a transcript and where it was heard."""
+
     word: str
     start: float  # seconds: the first frame of its first character
     end: float  # seconds: the end of its last character's frames
@@ -27,6 +32,8 @@ class Word:
 
 @dataclass(frozen=True)
 class Transcript:
+    """What was said, and each word with its times and confidence (none for text-only transcripts)."""
+
     text: str
     words: tuple[Word, ...] = ()
 
@@ -58,7 +65,40 @@ class Transcript:
         words.extend(self.words[done:])
         return Transcript(" ".join(w.word for w in words), tuple(words))
 
+    def cues(self, options: CueOptions | None = None) -> list[Cue]:
+        """The words grouped into subtitle cues, cut at pauses, lines of at most 42 characters
+        (`dsita.decoding.subtitles`)."""
+        from dsita.decoding.subtitles import CueOptions, cues
+
+        return cues(self, options or CueOptions())
+
+    def to_txt(self) -> str:
+        """A cue a line, as `dsita transcribe --output-format txt` writes it."""
+        return self._render("txt")
+
+    def to_srt(self) -> str:
+        """SubRip subtitles (.srt)."""
+        return self._render("srt")
+
+    def to_vtt(self) -> str:
+        """WebVTT subtitles (.vtt)."""
+        return self._render("vtt")
+
+    def to_tsv(self) -> str:
+        """A cue a row: start and end in milliseconds, and the text (whisper's .tsv)."""
+        return self._render("tsv")
+
+    def to_json(self) -> str:
+        """`to_dict` and the cues as `segments`, as JSON text."""
+        return self._render("json")
+
+    def _render(self, output_format: str) -> str:
+        from dsita.decoding.subtitles import render
+
+        return render(self, output_format)
+
     def to_dict(self) -> dict[str, object]:
+        """The text and each word's start, end (seconds, 3 decimals) and confidence."""
         words = [
             {
                 "word": w.word,

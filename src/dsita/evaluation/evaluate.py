@@ -7,6 +7,7 @@ beam search with a scorer, so that the alpha/beta optimizer runs the network onc
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,9 +23,15 @@ from dsita.decoding.batch import BatchDecoder, DecoderOptions
 from dsita.fileio import atomic_write_text
 from dsita.lm.scorer import Scorer
 from dsita.model.base import AcousticModel
+from dsita.progress import Progress, Task
 from dsita.text.alphabet import Alphabet
 from dsita.training.checkpoint import load_trained_model
 from dsita.training.runtime import Distributed, pick_device
+
+log = logging.getLogger(__name__)
+
+RUNNING_THE_MODEL = "running the model"
+DECODE_SLICE = 64  # utterances decoded between two progress counts: enough to keep every worker busy
 
 
 @dataclass(frozen=True)
@@ -64,11 +71,15 @@ def model_logits(
     device: torch.device,
     batch_size: int = 16,
     workers: int = 0,
+    progress: Task | None = None,
 ) -> list[np.ndarray]:
-    """Per-utterance (T, n_outputs) float32 logits, in the order of `samples`."""
+    """Per-utterance (T, n_outputs) float32 logits, in the order of `samples`; `progress` (else a task that
+    only logs, every 30 s) counts the batches."""
     dataset = SpeechDataset(samples, alphabet)
     sampler = BucketBatchSampler([sample_duration(s) for s in samples], batch_size, seed=0, sort_by_size=True)
     loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=workers)
+    task = progress or Progress(False, log).task(RUNNING_THE_MODEL, unit="batches")
+    task.set_total(len(sampler))
     results: list[np.ndarray] = [np.empty(0)] * len(samples)
     model = model.to(device).eval()
     batch: Batch
@@ -80,6 +91,7 @@ def model_logits(
             logits = output.logits.float().cpu().numpy()
             for row, index in enumerate(batch.indices):
                 results[index] = logits[row, : int(output.lengths[row])]
+            task.advance()
     return results
 
 
@@ -97,15 +109,35 @@ def score(samples: Sequence[Sample], hypotheses: Sequence[str], decoder: str) ->
     )
 
 
+def decode_all(
+    decoder: BatchDecoder,
+    logits: Sequence[np.ndarray],
+    options: DecoderOptions | None = None,
+    progress: Task | None = None,
+) -> list[str]:
+    """`decoder.decode`, a slice of utterances at a time so that `progress` (else a task that only logs,
+    every 30 s) can count them."""
+    options = options or DecoderOptions()
+    task = progress or Progress(False, log).task(f"decoding ({decoder.describe(options)})", unit="clips")
+    task.set_total(len(logits))
+    size = max(DECODE_SLICE, 8 * decoder.workers)
+    texts: list[str] = []
+    for start in range(0, len(logits), size):
+        texts += decoder.decode(logits[start : start + size], options)
+        task.advance(len(texts) - task.completed)
+    return texts
+
+
 def evaluate_logits(
     samples: Sequence[Sample],
     logits: Sequence[np.ndarray],
     decoder: BatchDecoder,
     options: DecoderOptions | None = None,
+    progress: Task | None = None,
 ) -> EvaluationReport:
     """Decode per-utterance logits (from `model_logits`) and score them against the samples' transcripts."""
     options = options or DecoderOptions()
-    return score(samples, decoder.decode(logits, options), decoder.describe(options))
+    return score(samples, decode_all(decoder, logits, options, progress), decoder.describe(options))
 
 
 @dataclass(frozen=True)
@@ -120,13 +152,15 @@ class CheckpointEvaluation:
 
 
 def checkpoint_logits(
-    checkpoint: Path, csvs: Sequence[Path], device: torch.device | None = None
+    checkpoint: Path, csvs: Sequence[Path], device: torch.device | None = None, show_progress: bool = False
 ) -> tuple[list[Sample], list[np.ndarray], Alphabet]:
     """The samples of `csvs`, the checkpoint's logits for each, and its alphabet (on a GPU when there is
-    one)."""
+    one); a bar when `show_progress`, and log lines every 30 s in any case."""
     model, alphabet = load_trained_model(checkpoint)
     samples = load_samples(csvs, alphabet)
-    logits = model_logits(model, samples, alphabet, device or pick_device(Distributed()))
+    with Progress(show_progress, log) as progress:
+        task = progress.task(f"{RUNNING_THE_MODEL} on {len(samples)} clips", unit="batches")
+        logits = model_logits(model, samples, alphabet, device or pick_device(Distributed()), progress=task)
     return samples, logits, alphabet
 
 
@@ -136,12 +170,14 @@ def evaluate_checkpoint(
     scorer: Scorer | None = None,
     options: DecoderOptions | None = None,
     workers: int = 1,
+    show_progress: bool = False,
 ) -> CheckpointEvaluation:
     """Greedy WER/CER, and with a scorer the beam search's too, from one pass of the network."""
-    samples, logits, alphabet = checkpoint_logits(checkpoint, csvs)
+    samples, logits, alphabet = checkpoint_logits(checkpoint, csvs, show_progress=show_progress)
     greedy = evaluate_logits(samples, logits, BatchDecoder(alphabet))
     lm = None
     if scorer is not None:
-        with BatchDecoder(alphabet, scorer, workers) as decoder:
-            lm = evaluate_logits(samples, logits, decoder, options)
+        with BatchDecoder(alphabet, scorer, workers) as decoder, Progress(show_progress, log) as progress:
+            task = progress.task(f"beam search of {len(samples)} clips", unit="clips")
+            lm = evaluate_logits(samples, logits, decoder, options, task)
     return CheckpointEvaluation(samples, logits, alphabet, greedy, lm)

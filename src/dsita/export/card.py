@@ -12,10 +12,21 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from dsita.inference.package import ALPHABET_FILE as ALPHABET
 from dsita.inference.package import INPUT, LENGTHS_IN, LENGTHS_OUT, LOGITS, MODEL_FILE
 
 NOT_MEASURED = "not measured"
-RELEASE_ZIP = "it-it.zip"  # named here for the card's usage line; `dsita.export.release` writes it
+# The release files and the DeepSpeech client files in them, named here for the card; `dsita.export.release`
+# writes them.
+RELEASE_ZIP = "it-it.zip"
+RELEASE_TENSORFLOW = "model_tensorflow_it.tar.xz"
+RELEASE_FP32 = "model_it.tar.xz"
+RELEASE_CHECKPOINT = "checkpoint_it.tar.xz"
+TFLITE_FILE = "output_graph.tflite"
+PBMM_FILE = "output_graph.pbmm"
+DS_SCORER_FILE = "kenlm.scorer"
+DEEPSPEECH_FILES = "deepspeech_files"  # metadata key: the client files written, or NO_FILES and why not
+NO_FILES = "none: "
 
 
 @dataclass(frozen=True)
@@ -89,10 +100,61 @@ numpy, soundfile, soxr and flashlight-text; no torch.
 {lm_line}
 Training data (hours): {m["training_hours"]}.
 
+{_client_section(m)}
+
 ## Inputs and outputs
 
 {_graph_io(m)} Graph version {m["graph_version"]}.
 """
+
+
+def _client_section(m: Mapping[str, object]) -> str:
+    """The release files, and the commands of the original clients (DeepSpeech 0.9.3, Coqui STT 1.4)."""
+    files = m.get(DEEPSPEECH_FILES)
+    card = "`MODEL_CARD.md`"
+    if not isinstance(files, list):
+        return (
+            f"## Files\n\n`{RELEASE_ZIP}` (int8 `{MODEL_FILE}`, `scorer/`, `{ALPHABET}`, {card}), "
+            f"`{RELEASE_FP32}` (the same with the fp32 graph) and `{RELEASE_CHECKPOINT}` (`best_dev.pt`, "
+            f"`settings.env`). No files for DeepSpeech or Coqui STT apps: "
+            f"{str(files or 'not written').removeprefix(NO_FILES)}."
+        )
+    scorer = DS_SCORER_FILE in files
+    ds_scorer = f"`{DS_SCORER_FILE}`, " if scorer else ""
+    rows = (
+        (RELEASE_ZIP, f"`{MODEL_FILE}` (int8), `scorer/`, `{TFLITE_FILE}`, {ds_scorer}`{ALPHABET}`, {card}",
+         "dsita; `stt` 1.4, `deepspeech-tflite` 0.9.3"),
+        (RELEASE_TENSORFLOW, f"`{PBMM_FILE}`, {ds_scorer}`{ALPHABET}`, {card}", "`deepspeech` 0.9.3"),
+        (RELEASE_FP32, f"`{MODEL_FILE}` (fp32), `scorer/`, `{ALPHABET}`, {card}", "dsita"),
+        (RELEASE_CHECKPOINT, f"`best_dev.pt`, `settings.env`, and a DeepSpeech 0.9 checkpoint: "
+         f"`best_dev-N.index`, `best_dev-N.data-00000-of-00001`, `best_dev_checkpoint`, `{ALPHABET}`",
+         "dsita; DeepSpeech 0.9 and Coqui STT training"),
+    )  # fmt: skip
+    table = "\n".join(f"| `{name}` | {holds} | {users} |" for name, holds, users in rows)
+    option = f" --scorer {DS_SCORER_FILE}" if scorer else ""
+    weights = (
+        f"`{DS_SCORER_FILE}` holds alpha {m['lm_alpha_deepspeech']:.6g} and beta "
+        f"{m['lm_beta_deepspeech']:.6g} in the clients' units (their `--lm_alpha`, `--lm_beta`): dsita's "
+        "alpha times log10(e), the same beta."
+        if scorer
+        else "No scorer is included: the clients decode without a language model."
+    )
+    return f"""## Files
+
+| file | holds | for |
+|---|---|---|
+{table}
+
+## Use in a DeepSpeech or Coqui STT app
+
+The graphs follow DeepSpeech 0.9's inference contract, so apps built on those clients load them unchanged.
+The clients take 16 kHz mono 16-bit WAV:
+
+    stt --model {TFLITE_FILE}{option} --audio clip.wav          # pip install stt==1.4.0
+    deepspeech --model {TFLITE_FILE}{option} --audio clip.wav   # pip install deepspeech-tflite==0.9.3
+    deepspeech --model {PBMM_FILE}{option} --audio clip.wav     # pip install deepspeech==0.9.3
+
+{weights} The graphs' default beam width is {m.get("deepspeech_beam_width", "not recorded")}."""
 
 
 def _features_in_words(m: Mapping[str, object]) -> str:

@@ -17,15 +17,19 @@ graph is checked against the torch model on random input before it is accepted.
 
 from __future__ import annotations
 
+import contextlib
 import io
+import logging
 import tempfile
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
 import onnx
+import onnxruntime
 import torch
 from onnx import helper, numpy_helper
 from onnxruntime.quantization import QuantType, quant_pre_process, quantize_dynamic
@@ -44,6 +48,8 @@ from dsita.inference.package import (
     metadata_props,
 )
 from dsita.model.base import AcousticModel
+
+_ONNXRUNTIME_DIR = str(Path(onnxruntime.__file__).parent)
 
 
 @dataclass(frozen=True)
@@ -150,7 +156,7 @@ def quantize_int8(
 ) -> None:
     """Dynamic int8 quantization of the MatMuls and the LSTM of an fp32 graph written by `export_fp32`; every
     dense weight matrix is stored in int8 (the conformer's convolutions stay fp32)."""
-    with tempfile.TemporaryDirectory(dir=int8_path.parent, prefix=".quantize-") as tmp:
+    with tempfile.TemporaryDirectory(dir=int8_path.parent, prefix=".quantize-") as tmp, _quiet_quantizer():
         prepared, quantized = Path(tmp) / "prepared.onnx", Path(tmp) / "quantized.onnx"
         quant_pre_process(str(fp32_path), str(prepared))
         input_layer = _input_layer(onnx.load(prepared))
@@ -166,6 +172,29 @@ def quantize_int8(
         if input_layer:
             _int8_weights_fp32_compute(model, input_layer.name)
         _save(model, int8_path, {**metadata, "precision": "int8"})
+
+
+class _QuantizerChatter(logging.Filter):
+    """Drops the INFO and DEBUG records onnxruntime's quantizer logs through the root logger itself
+    (`logging.info`: one "Quantization parameters for tensor ... not specified" per tensor); its warnings and
+    errors, and every other module's records, pass."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or not record.pathname.startswith(_ONNXRUNTIME_DIR)
+
+
+@contextlib.contextmanager
+def _quiet_quantizer() -> Iterator[None]:
+    """No progress chatter from onnxruntime's quantization in the console or the logs while the block runs."""
+    root, named = logging.getLogger(), logging.getLogger("onnxruntime")  # shape inference logs to the latter
+    chatter, level = _QuantizerChatter(), named.level
+    root.addFilter(chatter)
+    named.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        root.removeFilter(chatter)
+        named.setLevel(level)
 
 
 def _input_layer(model: onnx.ModelProto) -> onnx.NodeProto | None:

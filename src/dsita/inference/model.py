@@ -1,21 +1,26 @@
 """Speech to text with an exported model, on onnxruntime and numpy only: nothing here imports torch.
 
     model = dsita.load_model("it-it.zip")
-    model.transcribe("clip.flac").text
+    model.transcribe("clip.flac", hotwords={"cancelletto": 8.0, "posta vocale": 5.0}).text
     stream = model.stream(); stream.feed(pcm); stream.intermediate().text; stream.finish().text
 
 Audio is cut into segments at pauses (`dsita.inference.vad`); each segment is run on its own (a DeepSpeech
-graph from
-a fresh LSTM state, a conformer graph on the whole segment at once) and decoded, and the segments'
-transcripts are joined. A whole file and the same samples streamed in pieces of any size are cut at the same
-places and give the same transcript. Only one segment (at most `max_segment_s`) is held at a time, so memory
-stays flat on long files. Streaming (`stream()`) needs DeepSpeech's recurrent state: a conformer refuses it.
+graph from a fresh LSTM state, a conformer graph on the whole segment at once) and decoded, and the
+segments' transcripts are joined. Only one segment (at most `max_segment_s`) is held at a time, so memory
+stays flat on long files. Hot words (`dsita.decoding.hotwords`) are boosted in the beam search.
+
+A stream is cut at the same places as the whole file, and each segment is computed and decoded as its audio
+arrives (`dsita.inference.segment`): the beam search advances on the new frames only, `intermediate` reads
+its best hypothesis and `finish` closes it, so the time to the final transcript does not grow with the
+segment. With DeepSpeech's recurrent graph a stream gives exactly the whole file's transcript. The
+conformer's segment graph streams by recomputing windows with limited right context
+(`dsita.inference.chunked`), at some cost in accuracy against whole segments.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +32,7 @@ from dsita.decoding.beam import BeamDecoder, BeamSearchDecoder, DecoderOptions
 from dsita.decoding.greedy import GreedyDecoder
 from dsita.decoding.transcript import Decoder, Transcript
 from dsita.errors import DsitaError
+from dsita.inference.chunked import ChunkOptions, WindowedLogits
 from dsita.inference.features import NumpyContextMfcc, NumpyLogMel
 from dsita.inference.package import (
     GRAPH_VERSION,
@@ -42,12 +48,19 @@ from dsita.inference.package import (
     metadata_props,
     open_package,
 )
+from dsita.inference.segment import (
+    GreedySegment,
+    MfccLogits,
+    SegmentAcoustics,
+    SegmentDecoding,
+    SegmentLogits,
+    State,
+)
 from dsita.inference.vad import Segmenter, VadOptions, segments
 from dsita.lm.scorer import load_scorer
 from dsita.text.alphabet import Alphabet
 
-State = tuple[np.ndarray, np.ndarray]  # (c, h), each (1, n_hidden)
-CHUNK_STEPS = 16  # DeepSpeech's n_steps: the model always runs on this many steps at a time
+Hotwords = Mapping[str, float] | None  # {"word or phrase": boost}
 
 
 def onnx_session(model: str | Path | bytes, threads: int = 1) -> ort.InferenceSession:
@@ -68,6 +81,7 @@ class InferenceOptions:
     threads: int = 1
     itn: bool = False  # spoken numbers, dates, times and money as digits (`Transcript.itn`)
     vad: VadOptions = field(default_factory=VadOptions)
+    chunks: ChunkOptions = field(default_factory=ChunkOptions)  # a conformer's stream
 
 
 class SpeechModel:
@@ -79,7 +93,8 @@ class SpeechModel:
         try:
             self.session = onnx_session(package.model_path, options.threads)
         except Exception as exc:  # onnxruntime's own exception types: corrupt or unsupported graphs
-            raise DsitaError(f"{package.source}: cannot load the ONNX model ({exc})") from None
+            detail = package.member_names(str(exc))
+            raise DsitaError(f"{package.source}: cannot load the ONNX model ({detail})") from None
         self.metadata: dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)
         # The graphs of dsita 0.1 do not name their features: DeepSpeech's MFCCs.
         self.features = self.metadata.get("features", MFCC_FEATURES)
@@ -94,7 +109,8 @@ class SpeechModel:
             if self.features == LOG_MEL_FEATURES
             else NumpyContextMfcc()
         )
-        self.decoder = self._decoder()
+        with package.naming_members():  # scorer errors name the member, not the temporary folder
+            self.decoder = self._decoder()
 
     def _check_metadata(self) -> Alphabet:
         source, meta = self.package.source, self.metadata
@@ -175,125 +191,128 @@ class SpeechModel:
         logits, lengths = self.session.run([LOGITS, LENGTHS_OUT], feed)
         return logits[0, : int(lengths[0])]
 
-    def transcribe_segment(self, samples: np.ndarray) -> Transcript:
-        """One segment, from a fresh state."""
+    def window_logits(self, samples: np.ndarray) -> np.ndarray:
+        """Samples of a stretch of audio, featurised as a segment of its own, through the segment graph."""
+        return self.run_segment(self.featurizer.features(samples))
+
+    def segment_logits(self, samples: np.ndarray) -> np.ndarray:
+        """One segment's (T, n_outputs) logits, from a fresh state."""
         features = self.featurizer.features(samples)
         if not self.streaming:
-            return self.decoder.decode(self.run_segment(features))
-        acoustics = SegmentLogits(self)
-        acoustics.push(features)
-        acoustics.close()
-        return self.decoder.decode(acoustics.logits())
+            return self.run_segment(features)
+        acoustics = SegmentLogits(self, self.featurizer.n_features, len(self.alphabet) + 1)
+        return np.concatenate([acoustics.push(features), acoustics.close()])
 
-    def transcribe(self, audio: str | Path | np.ndarray) -> Transcript:
+    def transcribe_segment(self, samples: np.ndarray, decoder: Decoder | None = None) -> Transcript:
+        """One segment, from a fresh state (with `decoder`, by default the model's)."""
+        return (decoder or self.decoder).decode(self.segment_logits(samples))
+
+    def transcribe(self, audio: str | Path | np.ndarray, hotwords: Hotwords = None) -> Transcript:
         """A file (any format and rate `dsita.audio.load_audio` reads), or 16 kHz mono samples (float in
-        [-1, 1], or int16)."""
-        blocks = iter_audio(audio) if isinstance(audio, str | Path) else [as_float_samples(audio)]
-        return self.written(Transcript.join(self._segments(blocks)))
+        [-1, 1], or int16); `hotwords` {"word or phrase": boost} are boosted in the beam search."""
+        decoder = self.decoder_for(hotwords)
+        if isinstance(audio, str | Path):
+            blocks: Iterable[np.ndarray] = (_finite(block, str(audio)) for block in iter_audio(audio))
+        else:
+            blocks = [as_float_samples(audio)]
+        return self.written(Transcript.join(self._segments(blocks, decoder)))
+
+    def decoder_for(self, hotwords: Hotwords) -> Decoder:
+        """The model's decoder with `hotwords` boosted (a list is compiled once: `with_hotwords`)."""
+        if not hotwords:
+            return self.decoder
+        if not isinstance(self.decoder, BeamDecoder):
+            why = "this model has no scorer" if self.package.scorer_path is None else "the LM is off"
+            raise DsitaError(f"hot words need the beam search with a scorer, and {why}")
+        return self.decoder.with_hotwords(hotwords)
 
     def written(self, transcript: Transcript) -> Transcript:
         """A transcript as the options want it written: with digits for spoken numbers when `itn` is on."""
         return transcript.itn() if self.options.itn else transcript
 
-    def _segments(self, blocks: Iterable[np.ndarray]) -> Iterable[Transcript]:
+    def _segments(self, blocks: Iterable[np.ndarray], decoder: Decoder) -> Iterable[Transcript]:
         offset = 0
         for segment in segments(blocks, self.options.vad):
-            yield self.transcribe_segment(segment).shifted(offset / self.sample_rate)
+            yield self.transcribe_segment(segment, decoder).shifted(offset / self.sample_rate)
             offset += segment.size
 
     @property
     def sample_rate(self) -> int:
         return int(self.metadata["sample_rate"])
 
-    def stream(self) -> Stream:
-        if not self.streaming:
-            architecture = self.metadata.get("architecture", "this")
-            raise DsitaError(
-                f"{self.package.source}: streaming is a DeepSpeech feature; the {architecture} model attends "
-                "over whole segments: use transcribe()"
-            )
-        return Stream(self)
+    def stream(self, hotwords: Hotwords = None) -> Stream:
+        """A stream of this model's recognizer, with `hotwords` boosted for its lifetime."""
+        return Stream(self, hotwords)
+
+    def segment_acoustics(self) -> SegmentAcoustics:
+        """A new segment's acoustics for a stream: DeepSpeech's recurrent chunks, or a conformer's windows."""
+        n_outputs = len(self.alphabet) + 1
+        if self.streaming:
+            return MfccLogits(self, n_outputs)
+        return WindowedLogits(self, self.options.chunks, n_outputs)
 
 
-class SegmentLogits:
-    """The model over one segment's features from a fresh state, run in chunks of CHUNK_STEPS steps (the
-    segment's last chunk shorter), however the features arrive.
-
-    Dynamic int8 quantization scales activations per call, so logits depend on how steps are grouped into
-    calls; fixing the grouping makes a streamed segment compute exactly what the whole segment computes.
-    """
-
-    def __init__(self, model: SpeechModel) -> None:
-        self.model = model
-        self._state = model.initial_state()
-        self._pending = np.zeros((0, model.featurizer.n_features), dtype=np.float32)
-        self._logits: list[np.ndarray] = [np.zeros((0, len(model.alphabet) + 1), dtype=np.float32)]
-
-    def push(self, features: np.ndarray) -> None:
-        self._pending = np.concatenate([self._pending, features])
-        while self._pending.shape[0] >= CHUNK_STEPS:
-            self._run(self._pending[:CHUNK_STEPS])
-            self._pending = self._pending[CHUNK_STEPS:]
-
-    def close(self) -> None:
-        """The segment has ended: run the steps short of a whole chunk."""
-        if self._pending.shape[0]:
-            self._run(self._pending)
-            self._pending = self._pending[:0]
-
-    def _run(self, features: np.ndarray) -> None:
-        logits, self._state = self.model.run(features, self._state)
-        self._logits.append(logits)
-
-    def logits(self) -> np.ndarray:
-        """(T, n_outputs) logits of the steps run so far."""
-        if len(self._logits) > 1:
-            self._logits = [np.concatenate(self._logits)]
-        return self._logits[0]
+def segment_decoding(decoder: Decoder) -> SegmentDecoding:
+    """A new segment's incremental decoding with `decoder`."""
+    if isinstance(decoder, BeamDecoder):
+        return decoder.start()
+    if isinstance(decoder, GreedyDecoder):
+        return GreedySegment(decoder)
+    raise TypeError(f"no incremental decoding for {type(decoder).__name__}")
 
 
 class Stream:
     """DeepSpeech's streaming API: `feed` audio as it arrives, `intermediate` for the transcript so far,
-    `finish` for the final one (after which the stream starts over, empty)."""
+    `finish` for the final one (after which the stream starts over, empty).
 
-    def __init__(self, model: SpeechModel) -> None:
+    Each segment's audio goes through the model and the decoder once, as it arrives; `intermediate` only
+    reads the decoder's best hypothesis so far (the finished segments' transcripts, then the open one's
+    finished words), and `finish` runs the last samples and closes the beam. A finished segment's search
+    holds every frame's hypotheses; it is freed at the next `feed` or `finish`, after its transcript is
+    out (freeing takes time in proportion to the segment's length).
+    """
+
+    def __init__(self, model: SpeechModel, hotwords: Hotwords = None) -> None:
         self.model = model
-        self.featurizer = NumpyContextMfcc()
+        self.decoder = model.decoder_for(hotwords)
         self.segmenter = Segmenter(model.options.vad)
         self._done: list[Transcript] = []
         self._offset = 0  # samples in the finished segments
+        self._finished: list[SegmentDecoding] = []  # searches to free on the next call
         self._new_segment()
 
     def _new_segment(self) -> None:
-        self._acoustics = SegmentLogits(self.model)
+        self._acoustics = self.model.segment_acoustics()
+        self._decoding = segment_decoding(self.decoder)
         self._samples = 0
 
     def feed(self, audio: np.ndarray | bytes) -> None:
         """16 kHz mono samples: float in [-1, 1], int16, or raw little-endian 16-bit PCM bytes."""
+        self._finished.clear()
         for piece, ends in self.segmenter.split(as_float_samples(audio)):
             self._advance(piece, ends)
 
     def intermediate(self) -> Transcript:
-        return self.model.written(Transcript.join([*self._done, self._segment_transcript()]))
+        return self.model.written(Transcript.join([*self._done, self._placed(self._decoding.transcript())]))
 
     def finish(self) -> Transcript:
+        self._finished.clear()
         self._advance(self.segmenter.flush(), ends=True)
         result = Transcript.join(self._done)
         self._done, self._offset = [], 0
         return self.model.written(result)
 
     def _advance(self, piece: np.ndarray, ends: bool) -> None:
-        self._acoustics.push(self.featurizer.feed(piece))
+        self._decoding.feed(self._acoustics.push(piece))
         self._samples += piece.size
         if ends:
-            self._acoustics.push(self.featurizer.flush())
-            self._acoustics.close()
-            self._done.append(self._segment_transcript())
+            self._decoding.feed(self._acoustics.close())
+            self._done.append(self._placed(self._decoding.finish()))
             self._offset += self._samples
+            self._finished.append(self._decoding)
             self._new_segment()
 
-    def _segment_transcript(self) -> Transcript:
-        transcript = self.model.decoder.decode(self._acoustics.logits())
+    def _placed(self, transcript: Transcript) -> Transcript:
         return transcript.shifted(self._offset / self.model.sample_rate)
 
 
@@ -308,7 +327,14 @@ def as_float_samples(audio: np.ndarray | bytes) -> np.ndarray:
         return audio.astype(np.float32) / 32768.0
     if not np.issubdtype(audio.dtype, np.floating):
         raise DsitaError(f"expected float or int16 samples, got {audio.dtype}")
-    return audio.astype(np.float32, copy=False)
+    return _finite(audio.astype(np.float32, copy=False), "audio")
+
+
+def _finite(samples: np.ndarray, source: str) -> np.ndarray:
+    """NaN or infinite samples would pass through the features and decode as silence: refuse them."""
+    if not np.isfinite(samples).all():
+        raise DsitaError(f"{source}: NaN or infinite samples (expected finite values in [-1, 1])")
+    return samples
 
 
 def load_model(path: str | Path, options: InferenceOptions = InferenceOptions()) -> SpeechModel:

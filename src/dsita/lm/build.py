@@ -15,18 +15,26 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
+from dsita.data.sentences import default_sentences
 from dsita.errors import DsitaError
 from dsita.lm.corpus import CorpusStats, check_files, top_words, write_corpus
 from dsita.lm.scorer import ALPHABET_FILE, LM_FILE, MANIFEST, VOCABULARY_FILE, Scorer, write_manifest
+from dsita.progress import Progress, Task
+from dsita.system import DISK_ERRNOS, ParentWatch, disk_errors
 from dsita.text.alphabet import Alphabet
 
 log = logging.getLogger(__name__)
 
 TOOLS = ("lmplz", "filter", "build_binary")
+# Measured on the default corpus (1.3 MB of text, order 5, prune 0 0 1): the build's temporary files and
+# the scorer peak at 7.6 times the text's size.
+DISK_PER_TEXT_BYTE = 8
+COMPRESSION = {".gz": 4, ".xz": 5}  # how much larger Italian text is than its compressed file
 
 
 @dataclass(frozen=True)
@@ -41,6 +49,7 @@ class LmBuildOptions:
     beta: float = 0.0
     kenlm_bin: Path | None = None  # None: the binaries installed with dsita (see `kenlm_tool`), else PATH
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    progress: bool = False  # bars in a terminal; progress log lines every 30 s in any case
 
 
 @dataclass(frozen=True)
@@ -80,12 +89,28 @@ def kenlm_tool(name: str, folder: Path | None = None) -> Path:
 def _run(
     tool: Path, args: list[str], stdin: str | None = None, check: bool = True
 ) -> subprocess.CompletedProcess[str]:
+    """Run a KenLM program, which dies with this process (a killed build leaves no lmplz behind)."""
     result = subprocess.run(
-        [str(tool), *args], input=stdin, capture_output=True, text=True, errors="replace", check=False
+        [str(tool), *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        errors="replace",
+        check=False,
+        preexec_fn=ParentWatch(),  # prctl only, already looked up: safe between fork and exec
     )
+    if result.returncode != 0:
+        _raise_disk_error(result.stderr)
     if check and result.returncode != 0:
         raise DsitaError(f"{tool.name} failed (exit {result.returncode}): {_last_message(result.stderr)}")
     return result
+
+
+def _raise_disk_error(stderr: str) -> None:
+    """KenLM reports a full or read-only disk in words: raise it as the OSError it was, for `disk_errors`."""
+    for code in DISK_ERRNOS:
+        if os.strerror(code) in stderr:
+            raise OSError(code, os.strerror(code))
 
 
 def _last_message(stderr: str) -> str:
@@ -100,7 +125,7 @@ def _lmplz(tool: Path, corpus: Path, arpa: Path, options: LmBuildOptions, temp: 
     args = ["--order", str(options.order), "-S", options.memory, "-T", str(temp)]
     args += ["--text", str(corpus), "--arpa", str(arpa)]
     args += ["--prune", *(str(p) for p in options.prune[: options.order])]
-    first = _run(tool, args, check=False)
+    first = _run(tool, args, check=False)  # a full disk raises here
     if first.returncode == 0:
         return False
     if "--discount_fallback" not in first.stderr:
@@ -146,6 +171,16 @@ def _move_into_place(built: Path, out_dir: Path) -> None:
             shutil.rmtree(old, ignore_errors=True)
 
 
+def build_disk_bytes(corpus: Sequence[Path] | None) -> int:
+    """What a build writes at its peak: the normalized text, the ARPA files and the scorer, from the size of
+    the corpus text (compressed files counted at their usual text ratio)."""
+    if not corpus:
+        text = sum(len(line.encode()) + 1 for line in default_sentences())
+    else:
+        text = sum(p.stat().st_size * COMPRESSION.get(p.suffix, 1) for p in corpus if p.is_file())
+    return int(text * DISK_PER_TEXT_BYTE)
+
+
 def build_scorer(
     out_dir: Path,
     alphabet: Alphabet,
@@ -153,41 +188,80 @@ def build_scorer(
     corpus: list[Path] | None = None,
     exclude: frozenset[str] = frozenset(),
 ) -> LmBuildReport:
-    """Build a scorer folder from corpus files (default: the offline Italian corpus), minus `exclude`."""
-    started = time.perf_counter()
+    """Build a scorer folder from corpus files (default: the offline Italian corpus), minus `exclude`.
+
+    A full or read-only disk is one DsitaError naming the folder and the space the build needs; the
+    temporary folder goes in any case.
+    """
     tools = {name: kenlm_tool(name, options.kenlm_bin) for name in TOOLS}
     check_files(corpus)
     _check_target(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with disk_errors(out_dir.parent, build_disk_bytes(corpus), "the LM build"):
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        return _build(out_dir, alphabet, options, corpus, exclude, tools)
+
+
+def _kenlm_steps(
+    tools: dict[str, Path],
+    work: Path,
+    lm: Path,
+    vocabulary: list[str],
+    options: LmBuildOptions,
+    stats: CorpusStats,
+    stages: Task,
+) -> tuple[bool, tuple[int, ...]]:
+    """lmplz, filter and build_binary from `work`/corpus.txt to `lm`; whether lmplz needed the discount
+    fallback, and the n-gram counts. Each step logs a progress line every interval while it runs."""
+    text_path, arpa, filtered = work / "corpus.txt", work / "lm.arpa", work / "filtered.arpa"
+    with stages.ticking("lmplz running"):
+        fallback = _lmplz(tools["lmplz"], text_path, arpa, options, work)
+    stages.advance()
+    text_path.unlink()
+    ngrams = arpa_counts(arpa)
+    if len(ngrams) < options.order or ngrams[options.order - 1] == 0:
+        raise DsitaError(
+            f"corpus too small for a {options.order}-gram model: {stats.kept} lines and {stats.words} "
+            f"words give no {options.order}-gram that survives pruning; give more text"
+        )
+    log.info("filtering the model to the vocabulary")
+    with stages.ticking("filter running"):
+        _run(tools["filter"], ["single", f"model:{arpa}", str(filtered)], stdin="\n".join(vocabulary) + "\n")
+    stages.advance()
+    arpa.unlink()
+    log.info("building the quantized trie")
+    quantize = ["-a", str(options.a_bits), "-q", str(options.q_bits)]
+    with stages.ticking("build_binary running"):
+        _run(tools["build_binary"], [*quantize, "-v", "trie", str(filtered), str(lm)])
+    stages.advance()
+    return fallback, arpa_counts(filtered)
+
+
+def _build(
+    out_dir: Path,
+    alphabet: Alphabet,
+    options: LmBuildOptions,
+    corpus: list[Path] | None,
+    exclude: frozenset[str],
+    tools: dict[str, Path],
+) -> LmBuildReport:
+    started = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.build-", dir=out_dir.parent))
     try:
         built = work / "scorer"
         built.mkdir()
         text_path = work / "corpus.txt"
         log.info("normalizing the corpus")
-        with open(text_path, "w", encoding="utf-8") as text:
-            stats, counts = write_corpus(corpus, text, alphabet, exclude, options.workers)
+        progress = Progress(options.progress, log)
+        lines = progress.task("LM build: normalizing the corpus", None, "lines")  # its log lines only:
+        with open(text_path, "w", encoding="utf-8") as text:  # the workers fork before rich's bar thread
+            stats, counts = write_corpus(corpus, text, alphabet, exclude, options.workers, lines)
         vocabulary = top_words(counts, options.top_k)
         log.info(
             f"{stats.kept} lines, {stats.words} words, {len(counts)} distinct; keeping {len(vocabulary)}"
         )
-
-        arpa, filtered = work / "lm.arpa", work / "filtered.arpa"
-        fallback = _lmplz(tools["lmplz"], text_path, arpa, options, work)
-        text_path.unlink()
-        ngrams = arpa_counts(arpa)
-        if len(ngrams) < options.order or ngrams[options.order - 1] == 0:
-            raise DsitaError(
-                f"corpus too small for a {options.order}-gram model: {stats.kept} lines and {stats.words} "
-                f"words give no {options.order}-gram that survives pruning; give more text"
-            )
-        log.info("filtering the model to the vocabulary")
-        _run(tools["filter"], ["single", f"model:{arpa}", str(filtered)], stdin="\n".join(vocabulary) + "\n")
-        arpa.unlink()
-        log.info("building the quantized trie")
-        quantize = ["-a", str(options.a_bits), "-q", str(options.q_bits)]
-        _run(tools["build_binary"], [*quantize, "-v", "trie", str(filtered), str(built / LM_FILE)])
-        ngrams = arpa_counts(filtered)
+        with progress:
+            stages = progress.task("LM build", len(TOOLS), "KenLM steps")
+            fallback, ngrams = _kenlm_steps(tools, work, built / LM_FILE, vocabulary, options, stats, stages)
 
         (built / VOCABULARY_FILE).write_text("\n".join(vocabulary) + "\n", encoding="utf-8")
         alphabet.save(built / ALPHABET_FILE)

@@ -21,6 +21,8 @@ from typing import IO
 from dsita.data.csvs import read_csv
 from dsita.data.sentences import default_sentences
 from dsita.errors import DsitaError
+from dsita.progress import Task
+from dsita.system import ParentWatch
 from dsita.text.alphabet import Alphabet
 from dsita.text.normalize import Rejection, normalize
 
@@ -121,8 +123,10 @@ def write_corpus(
     alphabet: Alphabet,
     exclude: frozenset[str] = frozenset(),
     workers: int = 1,
+    progress: Task | None = None,
 ) -> tuple[CorpusStats, Counter[str]]:
-    """Normalize the corpus into `out`, one sentence a line; return its statistics and word counts."""
+    """Normalize the corpus into `out`, one sentence a line; return its statistics and word counts.
+    `progress` counts the lines read."""
     sources, lines = corpus_lines(paths)
     counts: Counter[str] = Counter()
     read = kept = rejected = excluded = 0
@@ -132,11 +136,13 @@ def write_corpus(
     if workers > 1:
         methods = multiprocessing.get_all_start_methods()
         context = multiprocessing.get_context("fork" if "fork" in methods else None)
-        executor = ProcessPoolExecutor(workers, mp_context=context)
+        executor = ProcessPoolExecutor(workers, mp_context=context, initializer=ParentWatch())
     try:
         chunks = _chunks(lines)
         results = _map_ahead(executor, work, chunks, 4 * workers) if executor else map(work, chunks)
         for chunk in results:
+            if progress is not None:
+                progress.advance(len(chunk))
             for index, number, result in chunk:
                 read += 1
                 if isinstance(result, Rejection):

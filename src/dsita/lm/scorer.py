@@ -30,6 +30,7 @@ LM_FILE = "lm.binary"
 VOCABULARY_FILE = "vocabulary.txt"
 ALPHABET_FILE = "alphabet.txt"
 STUDY_SUFFIX = ".optimize.sqlite3"
+KENLM_MAGIC = b"mmap lm http://kheafield.com/code format version"  # how every KenLM binary starts
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,17 @@ class Scorer:
         return Alphabet.load(self.folder / ALPHABET_FILE)
 
     def vocabulary(self) -> list[str]:
-        return self.vocabulary_path.read_text(encoding="utf-8").split()
+        """The LM's words; a file that is not UTF-8 or holds no word is a DsitaError naming it."""
+        path = self.vocabulary_path
+        try:
+            words = path.read_bytes().decode("utf-8").split()
+        except UnicodeDecodeError as exc:
+            raise DsitaError(f"{path}: not UTF-8 text (byte {exc.start}); rebuild the scorer") from None
+        except OSError as exc:
+            raise DsitaError(f"{path}: cannot be read ({exc.strerror})") from None
+        if not words:
+            raise DsitaError(f"{path}: the vocabulary is empty, so beam search could write no word")
+        return words
 
     def size_bytes(self) -> int:
         return sum(path.stat().st_size for path in self.files())
@@ -111,6 +122,7 @@ def load_scorer(folder: Path) -> Scorer:
     for key in ("lm", "vocabulary", "alphabet"):
         if not (folder / str(data.get(key))).is_file():
             raise DsitaError(f"{folder}: the manifest's {key} file {data.get(key)!r} is missing")
+    _check_files(folder)
     try:
         scorer = Scorer(
             folder=folder,
@@ -126,6 +138,21 @@ def load_scorer(folder: Path) -> Scorer:
     if not all(math.isfinite(v) and v >= 0 for v in (scorer.alpha, scorer.beta)):
         raise DsitaError(f"{manifest_path}: alpha and beta must be non-negative numbers")
     return scorer
+
+
+def _check_files(folder: Path) -> None:
+    """Cheap checks that keep KenLM from reading what is not its binary (it would try it as ARPA text)."""
+    lm, vocabulary = folder / LM_FILE, folder / VOCABULARY_FILE
+    try:
+        with open(lm, "rb") as f:
+            head = f.read(len(KENLM_MAGIC))
+        empty = vocabulary.stat().st_size == 0
+    except OSError as exc:
+        raise DsitaError(f"{exc.filename}: cannot be read ({exc.strerror})") from None
+    if head != KENLM_MAGIC:
+        raise DsitaError(f"{lm}: not a KenLM binary (damaged, or not built by `dsita lm build`)")
+    if empty:
+        raise DsitaError(f"{vocabulary}: the vocabulary is empty, so beam search could write no word")
 
 
 def set_defaults(scorer: Scorer, alpha: float, beta: float, tuning: dict[str, Any]) -> Scorer:

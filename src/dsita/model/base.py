@@ -227,6 +227,15 @@ def model_config_from_dict(data: Mapping[str, Any]) -> ModelConfig:
         raise DsitaError(f"invalid {config_class.ARCHITECTURE!r} model config: {exc}") from None
 
 
+def host_to_device(tensor: Tensor, device: torch.device) -> Tensor:
+    """`tensor` on `device`, without making the host wait for the device: a copy from pageable CPU memory
+    to a GPU first waits for every kernel queued before it, a copy from pinned memory does not (the caching
+    host allocator keeps the pinned copy alive until the transfer is done)."""
+    if tensor.device.type == "cpu" and device.type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
+
+
 def count_parameters(model: nn.Module) -> int:
     """Number of trainable scalars (works on meta-device models)."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)

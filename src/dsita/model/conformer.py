@@ -28,7 +28,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dsita.audio import LOG_MEL_FEATURES, LOG_MEL_STEP_SAMPLES, N_LOG_MEL, SAMPLE_RATE
-from dsita.model.base import AcousticModel, AcousticOutput, ModelConfig, State, register_architecture
+from dsita.model.base import (
+    AcousticModel,
+    AcousticOutput,
+    ModelConfig,
+    State,
+    host_to_device,
+    register_architecture,
+)
 from dsita.model.features import LogMel
 
 ROPE_BASE = 10000.0  # the angle of dimension pair i advances by ROPE_BASE ** (-i / pairs) per step
@@ -238,7 +245,7 @@ class Conformer(AcousticModel):
         if feature_lengths is None:
             lengths = torch.full((batch,), steps, dtype=torch.long, device=features.device)
         else:
-            lengths = feature_lengths.to(device=features.device, dtype=torch.long)
+            lengths = host_to_device(feature_lengths.long(), features.device)  # CPU lengths from training
         output_lengths = self.output_lengths(lengths)
         if steps == 0:  # the convolutions need at least one frame
             return AcousticOutput(features.new_zeros(batch, 0, self.n_outputs), output_lengths, ())

@@ -23,7 +23,14 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from dsita.audio import MFCC_FEATURES, N_CONTEXT, N_MFCC, SAMPLE_RATE, STEP_SAMPLES
-from dsita.model.base import AcousticModel, AcousticOutput, ModelConfig, State, register_architecture
+from dsita.model.base import (
+    AcousticModel,
+    AcousticOutput,
+    ModelConfig,
+    State,
+    host_to_device,
+    register_architecture,
+)
 from dsita.model.features import ContextMfcc
 
 
@@ -130,7 +137,7 @@ class DeepSpeech(AcousticModel):
         if feature_lengths is None:
             lengths = torch.full((batch,), steps, dtype=torch.long, device=features.device)
         else:
-            lengths = feature_lengths.to(device=features.device, dtype=torch.long)
+            lengths = host_to_device(feature_lengths.long(), features.device)  # CPU lengths from training
         if steps == 0:  # an empty streaming chunk: nothing to run, state unchanged
             return AcousticOutput(features.new_zeros(batch, 0, self.n_outputs), lengths, (h0, c0))
 
@@ -165,9 +172,7 @@ class DeepSpeech(AcousticModel):
         """
         # Packing reads the lengths on the CPU: pass them there (the trainer does) to spare a device sync.
         cpu_lengths = lengths.to("cpu", torch.long)
-        empty = (cpu_lengths == 0).to(
-            x.device
-        )  # packing needs >= 1 step: run those one padded step, then undo
+        empty = host_to_device(cpu_lengths == 0, x.device)  # packing needs >= 1 step: one padded, undone
         packed = pack_padded_sequence(
             x.float(), cpu_lengths.clamp_min(1), batch_first=True, enforce_sorted=False
         )

@@ -2,29 +2,34 @@
 
 DATA_DIR writable, free disk space against an estimate, the GPU, KenLM's programs, the corpus to import (and
 its SHA-256 when CV_SHA256 is set), the checkpoint that ONLY_EXPORT or TRANSFER_LEARNING needs. Each
-failure is one line that says what to do.
+failure is one line that says what to do. The one thing written here: for ONLY_EXPORT, an original
+pipeline's checkpoint in checkpoints/ converted to best_dev.pt.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import shutil
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from dsita.errors import DsitaError
 from dsita.pipeline.state import Layout, Manifest
 from dsita.settings import Settings
-from dsita.training.checkpoint import resolve_checkpoint
+from dsita.system import format_bytes, free_bytes
 
 log = logging.getLogger(__name__)
 
 CV_DOWNLOAD = "https://commonvoice.mozilla.org/it/datasets"
-WAV_PER_ARCHIVE_BYTE = 6  # Common Voice MP3 (about 48 kb/s) becomes 16 kHz 16-bit WAV (256 kb/s)
-LM_BYTES = 2 << 30  # the LM build's temporary ARPA files and the scorer, for a Common Voice-sized corpus
 GB = 1 << 30
+# What the disk check counts besides the estimates of `disk_needs`: the logs and reports of a run, and a
+# margin for the CSVs, skipped lists and file system blocks that the estimates leave out.
+LOG_BYTES = 1 << 20
+REPORT_BYTES = 1 << 20  # the test step's JSON reports
+MARGIN = 1.1
+SCORER_PER_BUILD_BYTE = 1 / 6  # a built scorer against the build's peak (1.5 MB of 9.8 MB, default corpus)
 
 
 def prepare_data_dir(root: Path) -> None:
@@ -64,12 +69,14 @@ def find_source(settings: Settings, layout: Layout) -> Path | None:
 
 
 def transfer_folder(settings: Settings) -> Path:
-    """TRANSFER_CHECKPOINT_DIR, which TRANSFER_LEARNING starts from; the train step converts what it holds."""
+    """TRANSFER_CHECKPOINT_DIR, which TRANSFER_LEARNING starts from: a folder, or an archive such as a
+    release's checkpoint_it.tar.xz; the train step converts or extracts what it holds."""
     folder = settings.transfer_checkpoint_path
     if not folder.exists():
         raise DsitaError(
             f"TRANSFER_LEARNING=1 but {folder} (TRANSFER_CHECKPOINT_DIR) does not exist: put the checkpoint "
-            "to start from there (a dsita best_dev.pt or last.pt, or a DeepSpeech 0.9 checkpoint)"
+            "to start from there (a dsita best_dev.pt or last.pt, a DeepSpeech 0.9 checkpoint, or a "
+            "checkpoint_it.tar.xz)"
         )
     return folder
 
@@ -89,14 +96,12 @@ def run_checks(
         if source == layout.archive and settings.cv_sha256:
             _verify_archive(layout.archive, settings.cv_sha256, manifest)
     if settings.only_export and selected & {"test", "export", "lm-optimize", "package"}:
-        try:
-            report["checkpoint"] = str(resolve_checkpoint(layout.checkpoints))
-            log.info("ONLY_EXPORT=1: exporting %s", report["checkpoint"])
-        except DsitaError:
-            raise DsitaError(
-                f"ONLY_EXPORT=1 but {layout.checkpoints} holds no checkpoint (best_dev.pt or last.pt): train "
-                "first (ONLY_EXPORT=0), or unpack a checkpoint_it.tar.xz there"
-            ) from None
+        from dsita.pipeline.publish import export_checkpoint
+
+        # An original pipeline's TensorFlow checkpoint (or a checkpoint_it.tar.xz) is written as best_dev.pt
+        # here, before the steps that read checkpoints/: the one thing this step writes.
+        report["checkpoint"] = str(export_checkpoint(settings, layout))
+        log.info("ONLY_EXPORT=1: exporting %s", report["checkpoint"])
     if "train" in pending and settings.transfer_learning and not settings.only_export:
         from dsita.convert.deepspeech import check_transfer_source
 
@@ -136,30 +141,70 @@ def _gpus() -> list[str]:
 
 def _check_disk(settings: Settings, layout: Layout, pending: frozenset[str]) -> tuple[float, float]:
     """Stop when the steps still to run need more space than DATA_DIR's disk has free."""
-    needed = 0
-    source = layout.archive if layout.archive.exists() else None
-    if "import" in pending and source is not None:
-        needed += source.stat().st_size * WAV_PER_ARCHIVE_BYTE
-    if "lm" in pending and not settings.fast_train:
-        needed += LM_BYTES
-    weights = _parameter_count(settings) * 4
-    if "train" in pending:
-        needed += weights * 3 * (settings.max_to_keep + 2)  # weights and Adam's two moments, per file
-    if pending & {"export", "lm-optimize"}:
-        needed += weights * 3  # fp32 graph, its archive, the checkpoint archive (int8 is a quarter)
-    free = shutil.disk_usage(layout.root).free
+    needs = disk_needs(settings, layout, pending)
+    needed = int(sum(needs.values()) * MARGIN)
+    free = free_bytes(layout.root)
+    parts = ", ".join(f"{step} {format_bytes(size)}" for step, size in needs.items())
     log.info(
-        "Disk: %.1f GB free in %s, about %.1f GB needed by the steps to run",
-        free / GB,
-        layout.root,
-        needed / GB,
+        "Disk: %s free in %s, about %s needed by the steps to run (%s)",
+        *(format_bytes(free), layout.root, format_bytes(needed), parts),
     )
     if needed > free:
         raise DsitaError(
-            f"{layout.root}: {free / GB:.1f} GB free, but the steps to run need about {needed / GB:.1f} GB; "
-            "free some space or point DATA_DIR at a larger disk"
+            f"{layout.root}: {format_bytes(free)} free, but the steps to run need about "
+            f"{format_bytes(needed)} ({parts}); free some space or point DATA_DIR at a larger disk"
         )
-    return round(needed / GB, 2), round(free / GB, 2)
+    return round(needed / GB, 3), round(free / GB, 3)
+
+
+def disk_needs(settings: Settings, layout: Layout, steps: Iterable[str]) -> dict[str, int]:
+    """About what each of `steps` writes into DATA_DIR at its peak, in bytes, and the logs: WAVs measured on
+    the corpus's own clips, the LM build's text and ARPA files from the corpus's size, checkpoints and
+    release files from the model's parameter count."""
+    from dsita.lm.build import build_disk_bytes
+
+    steps = set(steps)
+    needs: dict[str, int] = {}
+    if "import" in steps:
+        needs["import"] = _import_bytes(settings, layout)
+    lm_build = build_disk_bytes(list(settings.lm_corpus) or None) if steps & {"lm", "export"} else 0
+    if "lm" in steps:
+        needs["lm"] = lm_build
+    checkpoint = _parameter_count(settings) * 4 * 3 if steps & {"train", "export", "lm-optimize"} else 0
+    if "train" in steps:
+        # weights and Adam's two moments: best_dev, last, MAX_TO_KEEP epochs, one being written
+        needs["train"] = checkpoint * (settings.max_to_keep + 3) + checkpoint * settings.transfer_learning
+    if "test" in steps:
+        needs["test"] = REPORT_BYTES
+    if steps & {"export", "lm-optimize"}:
+        scorer = folder_bytes(layout.scorer) or int(lm_build * SCORER_PER_BUILD_BYTE)
+        needs["export"] = export_disk_bytes(checkpoint, scorer)
+    needs["logs"] = LOG_BYTES
+    return needs
+
+
+def export_disk_bytes(checkpoint: int, scorer: int) -> int:
+    """What an export writes from a checkpoint of `checkpoint` bytes (weights and Adam's two moments) and a
+    scorer of `scorer` bytes: fp32 and int8 graphs, their archives with the scorer, the checkpoint's
+    archive, and the temporary copies (measured about 1.2 times below this on the FAST_TRAIN model)."""
+    weights = checkpoint // 3
+    return 4 * scorer + 7 * weights + checkpoint
+
+
+def _import_bytes(settings: Settings, layout: Layout) -> int:
+    from dsita.data.commonvoice import import_disk_bytes
+    from dsita.data.own_csv import import_disk_bytes as table_disk_bytes
+    from dsita.settings.options import import_options
+
+    source = find_source(settings, layout)
+    max_clips = import_options(settings, 1, False).max_clips
+    total = import_disk_bytes(source, max_clips) if source is not None else 0
+    return total + sum(table_disk_bytes(table) for table in settings.extra_corpora if table.is_file())
+
+
+def folder_bytes(folder: Path) -> int:
+    """The bytes of the files under `folder` (0 when it does not exist)."""
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else 0
 
 
 def _parameter_count(settings: Settings) -> int:

@@ -5,16 +5,22 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 from dsita.errors import DsitaError
-from dsita.export.release import RELEASE_CHECKPOINT, RELEASE_FP32, RELEASE_ZIP
+from dsita.export.release import RELEASE_CHECKPOINT, RELEASE_FILES, RELEASE_FP32, RELEASE_ZIP
 from dsita.fileio import atomic_write
 from dsita.pipeline.context import Context, Report
+from dsita.pipeline.state import Layout
+from dsita.settings import Settings
 
 log = logging.getLogger(__name__)
 
-RELEASE_FILES = (RELEASE_ZIP, RELEASE_FP32, RELEASE_CHECKPOINT)
+FAST_TRAIN_SEARCH_TRIALS = 6  # FAST_TRAIN's short alpha/beta search: a smoke test of it, seconds long
+
+# Every release has these; model_tensorflow_it.tar.xz (in RELEASE_FILES too) only a DeepSpeech model's.
+CORE_FILES = (RELEASE_ZIP, RELEASE_FP32, RELEASE_CHECKPOINT)
 
 
 def evaluate_test(ctx: Context, greedy: bool) -> Report:
@@ -30,6 +36,7 @@ def evaluate_test(ctx: Context, greedy: bool) -> Report:
         [ctx.layout.split_csv("test")],
         load_scorer(scorer) if scorer else None,
         workers=ctx.workers,
+        show_progress=ctx.progress,
     )
     report: Report = {"checkpoint": str(checkpoint), "clips": len(result.samples)}
     if greedy:
@@ -47,7 +54,50 @@ def evaluate_test(ctx: Context, greedy: bool) -> Report:
 
 
 def evaluate_model(ctx: Context) -> Report:
-    return evaluate_test(ctx, greedy=True)
+    """The test step: a short alpha/beta search on dev first when they were never tuned, then the test."""
+    searched = short_lm_search(ctx)
+    return {**evaluate_test(ctx, greedy=True), **({"short_search": searched} if searched else {})}
+
+
+def short_lm_search(ctx: Context) -> Report | None:
+    """Alpha and beta by a short search on dev (`dsita.evaluation.tune.short_search`), written into the
+    scorer, unless LM_EVALUATE_RANGE asks for the long search, LM_ALPHA or LM_BETA was given, or a long
+    search chose them. A re-run of the test step (a new model, a new LM) searches again."""
+    from dsita.evaluation.tune import (
+        SHORT_CLIPS,
+        SHORT_SEARCH,
+        SHORT_TRIALS,
+        optimize_checkpoint,
+        short_search,
+    )
+    from dsita.lm.scorer import load_scorer
+
+    folder, dev = ctx.scorer(), ctx.layout.split_csv("dev")
+    if folder is None or not dev.is_file() or ctx.settings.lm_evaluate_range:
+        return None
+    given = {"lm_alpha", "lm_beta"} & ctx.settings.model_fields_set
+    tuning = load_scorer(folder).tuning  # an earlier short search's values are searched again
+    if given or (tuning and tuning.get("search") != SHORT_SEARCH):
+        why = "LM_ALPHA or LM_BETA is given" if given else "a LM_EVALUATE_RANGE search chose them"
+        log.info("No short alpha/beta search: %s", why)
+        return None
+    trials = FAST_TRAIN_SEARCH_TRIALS if ctx.settings.fast_train else SHORT_TRIALS
+    limit = ctx.settings.max_dev_clips  # as training's dev loss; 0: no limit
+    clips = min(SHORT_CLIPS, limit) if limit else SHORT_CLIPS
+    options = short_search(ctx.workers, ctx.settings.seed, ctx.progress, trials, clips)
+    log.info(
+        "Alpha and beta were never tuned: a short search on dev (%d trials, %d clips and %.0f s at most; "
+        "LM_EVALUATE_RANGE runs the long one)",
+        *(options.n_trials, options.max_clips, options.timeout_s),
+    )
+    result = optimize_checkpoint(folder, ctx.layout.checkpoints, [dev], options)
+    log.info(
+        "Short search: alpha %.3f, beta %.3f after %d trials: dev WER %.2f%% before, %.2f%% after",
+        *(result.alpha, result.beta, result.trials_complete),
+        *(100 * result.dev_wer_before, 100 * result.dev_wer_after),
+    )
+    keys = ("alpha", "beta", "trials_complete", "dev_wer_before", "dev_wer_after")
+    return {key.removesuffix("_complete"): getattr(result, key) for key in keys}
 
 
 def no_test_split(ctx: Context) -> str | None:
@@ -67,15 +117,55 @@ def _release(ctx: Context) -> Report:
         ctx.layout.checkpoints, ctx.layout.models, info, scorer, train_csvs, settings_env=env
     )
     log.info("fp32 ONNX vs torch: largest logit difference %.2e", report.parity_error)
-    return {"files": {str(p): size for p, size in report.files.items()}, "parity_error": report.parity_error}
+    return {
+        "files": {str(p): size for p, size in report.files.items()},
+        "parity_error": report.parity_error,
+        "no_client_files": report.no_client_files,
+    }
 
 
 def export_model(ctx: Context) -> Report:
     return _release(ctx)
 
 
+def release_names(folder: Path) -> list[str]:
+    """The release files a folder should hold: the core three, and model_tensorflow_it.tar.xz if it is there
+    (the export writes it for a DeepSpeech model only, and removes an older one otherwise)."""
+    return [name for name in RELEASE_FILES if name in CORE_FILES or (folder / name).is_file()]
+
+
 def model_files(ctx: Context) -> list[Path]:
-    return [ctx.layout.models / name for name in RELEASE_FILES]
+    return [ctx.layout.models / name for name in release_names(ctx.layout.models)]
+
+
+def export_checkpoint(settings: Settings, layout: Layout) -> Path:
+    """The checkpoint ONLY_EXPORT exports: checkpoints/best_dev.pt (or last.pt), or else the checkpoint an
+    original pipeline left in checkpoints/ (a DeepSpeech 0.9 TensorFlow checkpoint, or a checkpoint_it.tar.xz)
+    written there as a dsita checkpoint: converted (N_HIDDEN; the alphabet.txt beside it, else this run's
+    alphabet), or extracted. Later runs find that best_dev.pt; delete it to convert again."""
+    from dsita.convert.deepspeech import ensure_dsita_checkpoint, find_checkpoint_source
+    from dsita.settings.options import alphabet_for
+    from dsita.training.checkpoint import BEST_DEV, LAST
+
+    folder = layout.checkpoints
+    if not folder.is_dir() or not any(folder.iterdir()):
+        raise DsitaError(
+            f"ONLY_EXPORT=1 but {folder} holds no checkpoint ({BEST_DEV} or {LAST}, a DeepSpeech 0.9 "
+            f"checkpoint, or a {RELEASE_CHECKPOINT}): train first (ONLY_EXPORT=0), or put one there"
+        )
+    try:
+        found = find_checkpoint_source(folder)
+    except DsitaError as exc:
+        raise DsitaError(f"ONLY_EXPORT=1: {exc}") from None
+    if found.kind == "dsita":
+        return found.path
+    if found.kind == "deepspeech":
+        log.info("ONLY_EXPORT=1: %s holds a DeepSpeech TensorFlow checkpoint; converting it", found.path)
+    else:
+        log.info("ONLY_EXPORT=1: %s holds %s inside %s; extracting it", folder, found.member, found.path.name)
+    return ensure_dsita_checkpoint(
+        folder, folder, settings.n_hidden, architecture=settings.model, fallback=alphabet_for(settings)
+    )
 
 
 def optimize_lm(ctx: Context) -> Report:
@@ -83,9 +173,8 @@ def optimize_lm(ctx: Context) -> Report:
 
     box = ctx.settings.lm_evaluate_range
     assert box is not None  # the step is skipped without a range
-    options = OptimizeOptions(
-        box.max_alpha, box.max_beta, box.n_trials, box.pairs, workers=ctx.workers, seed=ctx.settings.seed
-    )
+    options = OptimizeOptions(box.max_alpha, box.max_beta, box.n_trials, box.pairs, workers=ctx.workers)
+    options = replace(options, seed=ctx.settings.seed, progress=ctx.progress)
     scorer = ctx.scorer()
     if scorer is None:
         raise DsitaError(f"no scorer in {ctx.layout.scorer}: the lm step builds it")
@@ -117,7 +206,12 @@ def package(ctx: Context) -> Report:
     from dsita.inference.package import open_package
 
     files = {}
-    for name in RELEASE_FILES:
+    names = release_names(ctx.layout.models)
+    for stale in (ctx.layout.root / name for name in RELEASE_FILES if name not in names):
+        if stale.is_file():
+            log.info("Removing %s: this release has none (see the export step's log)", stale)
+            stale.unlink()
+    for name in names:
         source, target = ctx.layout.models / name, ctx.layout.root / name
         if not source.is_file():
             raise DsitaError(f"{source} not found: the export step writes it")
@@ -136,4 +230,4 @@ def package(ctx: Context) -> Report:
 
 
 def release_products(ctx: Context) -> list[Path]:
-    return [ctx.layout.root / name for name in RELEASE_FILES]
+    return [ctx.layout.root / name for name in release_names(ctx.layout.models)]

@@ -12,24 +12,28 @@ it, and exit.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import shutil
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 
 from rich.table import Table
 
-from dsita.errors import DsitaError
+from dsita.errors import DsitaError, PrintableLog
 from dsita.fileio import atomic_write_text
-from dsita.pipeline.checks import prepare_data_dir
+from dsita.pipeline.checks import LOG_BYTES, disk_needs, prepare_data_dir
 from dsita.pipeline.state import Layout, Manifest, make_key, run_lock
 from dsita.pipeline.steps import BY_NAME, STEP_NAMES, STEPS, Context, Step
 from dsita.pipeline.summary import Outcome, render_text, summary_tables
 from dsita.settings import Settings
+from dsita.system import DISK_ERRNOS, disk_error, disk_errors, disk_message
 from dsita.training.runtime import Distributed
 
 log = logging.getLogger(__name__)
@@ -114,7 +118,8 @@ def run_pipeline(
         return None
     prepare_data_dir(layout.root)
     logging.getLogger("dsita").setLevel(min(logging.getLogger("dsita").getEffectiveLevel(), logging.INFO))
-    with _log_to(layout.logs / "run.log"), run_lock(layout.root):
+    # A full or read-only disk outside any step (the lock, the manifest, the summary) is one line too.
+    with disk_errors(layout.root, None, "dsita run"), _log_to(layout.logs / "run.log"), run_lock(layout.root):
         try:
             return _run_steps(settings, layout, options, distributed, gate)
         finally:
@@ -151,15 +156,31 @@ def _run_steps(
 def _run_step(
     ctx: Context, step: Step, force: Sequence[str], log_path: Path, gate: TrainGate | None
 ) -> Outcome:
-    """Run one step unless it is skipped or up to date; a failure names the step and its log."""
+    """Run one step unless it is skipped or up to date; a failure names the step and its log.
+
+    A full or read-only disk that the step's own code did not name (an export's graph, a log line) is named
+    here, with what the checks estimated the step needs.
+    """
     try:
         return _decide_and_run(ctx, step, force, gate)
     except DsitaError as exc:
         failures.error("%s failed: %s", step.name, exc)
         raise DsitaError(f"step {step.name}: {exc} (log: {log_path})") from None
+    except (OSError, RuntimeError) as exc:
+        needed = partial(_step_needs, ctx, step.name)
+        translated = disk_error(exc, ctx.layout.root, needed, f"the {step.name} step")
+        if translated is None:
+            failures.exception("%s failed", step.name)
+            raise
+        failures.error("%s failed: %s", step.name, translated)
+        raise DsitaError(f"step {step.name}: {translated} (log: {log_path})") from None
     except BaseException:
         failures.exception("%s failed", step.name)
         raise
+
+
+def _step_needs(ctx: Context, step: str) -> int:
+    return disk_needs(ctx.settings, ctx.layout, [step]).get(step, 0)
 
 
 def _decide_and_run(ctx: Context, step: Step, force: Sequence[str], gate: TrainGate | None) -> Outcome:
@@ -217,13 +238,30 @@ def _why(ctx: Context, step: Step, key: str, force: Sequence[str]) -> str | None
     return None
 
 
+class _LogFile(logging.FileHandler):
+    """A log file that, on a full or read-only disk, stops writing and keeps the error for the run to report
+    (the logging module would print a traceback for every record instead)."""
+
+    failure: OSError | None = None
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        exc = sys.exc_info()[1]
+        if isinstance(exc, OSError) and exc.errno in DISK_ERRNOS:
+            self.failure = self.failure or exc
+            self.setLevel(logging.CRITICAL + 1)
+            return
+        super().handleError(record)
+
+
 @contextlib.contextmanager
 def _log_to(path: Path) -> Iterator[Path]:
     """Copy every log record to `path` (appended: the logs of earlier runs stay) while the block runs."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(path, encoding="utf-8")
+    with disk_errors(path.parent, LOG_BYTES, "the logs"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handler = _LogFile(path, encoding="utf-8")
     handler.setFormatter(logging.Formatter(LOG_FORMAT))
     handler.setLevel(logging.INFO)
+    handler.addFilter(PrintableLog())
     loggers = (logging.getLogger(), failures)
     for logger in loggers:
         logger.addHandler(handler)
@@ -233,6 +271,10 @@ def _log_to(path: Path) -> Iterator[Path]:
         for logger in loggers:
             logger.removeHandler(handler)
         handler.close()
+    if handler.failure is not None:
+        raise DsitaError(
+            disk_message(path.parent, handler.failure.errno or errno.ENOSPC, LOG_BYTES, "the logs")
+        )
 
 
 def _remove_leftovers(layout: Layout) -> None:

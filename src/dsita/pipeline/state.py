@@ -2,8 +2,13 @@
 
 The lock is an exclusive `flock` on DATA_DIR/dsita-run.lock, so the kernel releases it when its process
 dies, even by SIGKILL or with its container: the file a killed run leaves behind never blocks the next
-run. The manifest (DATA_DIR/dsita-run.json) records, for every finished step, the key it ran with and
-what it reported. File digests are cached by size and modification time, so that large files are hashed
+run. No other process keeps it: the descriptor is O_CLOEXEC, and every forked child closes its copy at
+once (`os.register_at_fork`), whichever pool forked it. (POSIX record locks are not inherited by a fork,
+but a process loses them when it closes any descriptor of the file, and never conflicts with itself.)
+`dsita import` and `dsita lm build` take the same lock when they write into DATA_DIR.
+
+The manifest (DATA_DIR/dsita-run.json) records, for every finished step, the key it ran with and what it
+reported. File digests are cached by size and modification time, so that large files are hashed
 once per version.
 """
 
@@ -90,45 +95,87 @@ class Layout:
             return str(path.resolve())
 
 
+_HELD_LOCKS: set[int] = set()  # this process's lock descriptors
+
+
+def _close_locks_in_child() -> None:
+    """A forked child (a pool worker, a DataLoader worker) must not keep the lock's open file alive: flock
+    belongs to the open file, which every inherited copy of the descriptor keeps, so one orphaned worker
+    would hold the lock for good. O_CLOEXEC does the same for programs started with exec (KenLM's)."""
+    for fd in _HELD_LOCKS:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _HELD_LOCKS.clear()
+
+
+os.register_at_fork(after_in_child=_close_locks_in_child)
+
+
 @contextlib.contextmanager
-def run_lock(data_dir: Path) -> Iterator[Path]:
-    """Hold DATA_DIR's lock for the duration; another holder makes this raise, naming the lock file."""
+def run_lock(data_dir: Path, command: str = "dsita run") -> Iterator[Path]:
+    """Hold DATA_DIR's lock for the duration; another holder makes this raise, naming the lock file.
+
+    `command` is what the lock file says holds it (`dsita run`, `dsita import cv`, `dsita lm build`).
+    """
     path = data_dir / LOCK_FILE
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = _read_holder(fd)
             os.close(fd)
             raise DsitaError(
-                f"another `dsita run` holds the lock {path} ({holder}); wait for it to finish, or stop it. "
-                "Two runs on one DATA_DIR would overwrite each other's files."
+                f"{command}: {holder} holds the lock {path}; wait for it to finish, or stop it. "
+                "Two commands writing into one DATA_DIR would overwrite each other's files."
             ) from None
         # The previous holder may have removed the file between our open and our flock: lock the new one.
         if os.path.exists(path) and os.stat(path).st_ino == os.fstat(fd).st_ino:
             break
         os.close(fd)
+    _HELD_LOCKS.add(fd)
     previous = _read_holder(fd)
     if previous:
-        log.info("A previous run (%s) ended without releasing %s; taking it over", previous, path)
-    holder = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
+        log.info("A previous command (%s) ended without releasing %s; taking it over", previous, path)
+    holder = {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "command": command,
+    }
     try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
         yield path
     finally:
         path.unlink(missing_ok=True)
+        _HELD_LOCKS.discard(fd)
         os.close(fd)  # closing releases the flock
 
 
+@contextlib.contextmanager
+def lock_when_inside(data_dir: Path, targets: Iterable[Path], command: str) -> Iterator[None]:
+    """Hold DATA_DIR's lock while a standalone command writes into DATA_DIR (its default output folders), so
+    that it never overwrites the files of a `dsita run` in progress; writing elsewhere needs no lock."""
+    root = data_dir.resolve()
+    if not any(target.resolve().is_relative_to(root) for target in targets):
+        yield
+        return
+    root.mkdir(parents=True, exist_ok=True)
+    with run_lock(root, command):
+        yield
+
+
 def _read_holder(fd: int) -> str:
-    """Who holds (or held) a lock: 'pid N on HOST since TIME', or '' for an empty file."""
+    """Who holds (or held) a lock: '`dsita run` (pid N on HOST since TIME)', or '' for an empty file."""
     try:
         data = json.loads(os.pread(fd, 4096, 0).decode() or "null")
-        return f"pid {data['pid']} on {data['host']} since {data['started']}" if data else ""
-    except (ValueError, KeyError, TypeError):
-        return "holder unknown"
+        if not data:
+            return ""
+        command = data.get("command", "dsita run")
+        return f"`{command}` (pid {data['pid']} on {data['host']} since {data['started']})"
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return "an unknown command"
 
 
 class Manifest:

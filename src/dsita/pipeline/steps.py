@@ -118,7 +118,7 @@ def build_lm(ctx: Context) -> Report:
     from dsita.lm.build import build_scorer
     from dsita.lm.corpus import evaluation_sentences
 
-    options = lm_build_options(ctx.settings, workers=ctx.workers)
+    options = replace(lm_build_options(ctx.settings, workers=ctx.workers), progress=ctx.progress)
     held_out = [p for p in (ctx.layout.split_csv("dev"), ctx.layout.split_csv("test")) if p.is_file()]
     corpus = list(ctx.settings.lm_corpus) or None
     report = build_scorer(ctx.layout.scorer, ctx.alphabet(), options, corpus, evaluation_sentences(held_out))

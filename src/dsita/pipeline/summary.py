@@ -13,8 +13,8 @@ from rich.console import Console
 from rich.table import Table
 
 from dsita.errors import DsitaError
-from dsita.export.release import evaluation_metrics
-from dsita.lm.scorer import load_scorer
+from dsita.export.release import RELEASE_TENSORFLOW, evaluation_metrics
+from dsita.lm.scorer import Scorer, load_scorer
 from dsita.pipeline.publish import RELEASE_FILES
 from dsita.pipeline.state import Layout, Manifest
 from dsita.training.checkpoint import BEST_DEV
@@ -74,8 +74,7 @@ def summary_tables(layout: Layout, manifest: Manifest, outcomes: list[Outcome]) 
         )
     try:
         scorer = load_scorer(layout.scorer)
-        tuned = " (tuned on dev)" if scorer.tuning else ""
-        results.add_row("alpha / beta", "", f"{scorer.alpha:.3f} / {scorer.beta:.3f}{tuned}")
+        results.add_row("alpha / beta", "", f"{scorer.alpha:.3f} / {scorer.beta:.3f} ({_tuned_by(scorer)})")
     except DsitaError:
         results.add_row("alpha / beta", "", "no scorer")
 
@@ -86,5 +85,25 @@ def summary_tables(layout: Layout, manifest: Manifest, outcomes: list[Outcome]) 
         layout.checkpoints / BEST_DEV,
         layout.logs,
     ):
-        artifacts.add_row(str(path), _size(path))
+        artifacts.add_row(str(path), _size(path) if path.exists() else _why_missing(path, manifest))
     return [steps, data, results, artifacts]
+
+
+def _why_missing(path: Path, manifest: Manifest) -> str:
+    """The word "missing", or why the export wrote no such file (a conformer has no TensorFlow model)."""
+    for step in ("lm-optimize", "export"):
+        reason = ((manifest.record(step) or {}).get("report") or {}).get("no_client_files")
+        if reason and path.name == RELEASE_TENSORFLOW:
+            return f"not written: {reason}"
+    return "missing"
+
+
+def _tuned_by(scorer: Scorer) -> str:
+    """Where the scorer's alpha and beta came from, in words."""
+    from dsita.evaluation.tune import SHORT_SEARCH
+
+    tuning = scorer.tuning or {}
+    if not tuning:
+        return "LM_ALPHA / LM_BETA, not tuned"
+    where = "short search" if tuning.get("search") == SHORT_SEARCH else "LM_EVALUATE_RANGE search"
+    return f"{where} on dev, {tuning.get('trials', '?')} trials"

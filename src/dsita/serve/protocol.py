@@ -25,6 +25,7 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from dsita.decoding.hotwords import DEFAULT_BOOST
 from dsita.decoding.transcript import Transcript
 
 MIN_SAMPLE_RATE = 8000
@@ -33,7 +34,7 @@ MAX_ALTERNATIVES = 1000
 MAX_HOTWORDS = 1000
 MAX_HOTWORD_CHARS = 100
 MAX_BOOST = 100.0
-PHRASE_BOOST = 5.0  # a Vosk phrase_list entry's boost
+PHRASE_BOOST = DEFAULT_BOOST  # a Vosk phrase_list entry's boost
 CONFIG_KEYS = ("sample_rate", "words", "partial_words", "max_alternatives", "hotwords", "phrase_list", "itn")
 
 

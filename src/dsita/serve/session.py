@@ -18,7 +18,6 @@ import numpy as np
 import soxr
 
 from dsita.decoding.transcript import Transcript
-from dsita.errors import DsitaError
 from dsita.inference.vad import Segmenter
 from dsita.serve.protocol import SessionConfig, partial_message, result_message
 
@@ -27,13 +26,10 @@ PARTIAL_SECONDS = 0.32
 
 
 def open_stream(model: Any, hotwords: dict[str, float]) -> Any:
-    """The model's stream, with the session's hot words when it has any."""
-    if not hotwords:
-        return model.stream()
-    try:
-        return model.stream(hotwords=hotwords)
-    except TypeError as exc:  # a stream without hot-word support: say so rather than drop them
-        raise DsitaError(f"hot words are not available with this model's stream ({exc})") from None
+    """The model's stream, with the session's hot words (compiled once per list and kept by the model's
+    decoder, so sessions with the same list share it). A hot word the alphabet cannot spell, or hot words
+    with a model that has no scorer, raise a one-line DsitaError: the client's error message."""
+    return model.stream(hotwords=hotwords or None)
 
 
 class Recognizer:

@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
-from dsita.data.augmentation.options import AugmentOptions
+from dsita.data.augmentation.options import AugmentOptions, ChannelOptions, SpeakerOptions, parse_codec
 from dsita.data.clips import ImportOptions
 from dsita.export.card import ModelInfo
 from dsita.lm.build import LmBuildOptions
@@ -109,6 +109,22 @@ def _interval(lowest: float) -> Any:
 
 DecibelRange = _interval(-math.inf)
 SecondsRange = _interval(0.0)
+FactorRange = _interval(0.0)
+SemitoneRange = _interval(-math.inf)
+
+
+def _parse_codecs(value: Any) -> tuple[str, ...]:
+    """A comma-separated list of codec:kbps, each within its codec's bitrates."""
+    parts = value if isinstance(value, tuple | list) else str(value).split(",")
+    codecs = tuple(str(part).strip() for part in parts if str(part).strip())
+    if not codecs:
+        raise ValueError("no codec")
+    for codec in codecs:
+        parse_codec(codec)
+    return codecs
+
+
+CodecList = Annotated[tuple[str, ...], BeforeValidator(_parse_codecs)]
 OptionalPath = Annotated[Path | None, BeforeValidator(lambda value: value or None)]  # empty: not set
 REPO_SAMPLE = Path(__file__).resolve().parents[3] / "samples" / "it-sample.tar.gz"
 
@@ -128,6 +144,7 @@ POSITIVE_NUMBER = "a positive number"
 FLAG = "0 or 1"
 PROBABILITY = "a probability from 0 to 1"
 LIMIT = "a non-negative integer (0: no limit)"
+FACTORS = "MIN,MAX factors above 0 such as 0.9,1.1"
 
 # Presets: a flag that gives the fields no flag, variable or env file sets these values. Applied to the
 # values themselves, so `dsita config` and a saved settings.env show what runs.
@@ -296,6 +313,16 @@ class Settings(BaseModel):
         ge=0,
         **_env("LR_WARMUP_STEPS", expect=NON_NEGATIVE_INT, description="Warmup steps of warmup-decay."),
     )
+    average_checkpoints: int = Field(
+        TrainOptions.average_checkpoints,
+        ge=0,
+        **_env(
+            "AVERAGE_CHECKPOINTS",
+            expect="a non-negative integer (0 or 1: off)",
+            description="At the end of training, average the last N epochs' weights; kept as best_dev.pt "
+            "when its dev loss is lower.",
+        ),
+    )
     max_steps_per_epoch: int = Field(
         0, ge=0, **_env("MAX_STEPS_PER_EPOCH", expect=LIMIT, description="Batches trained per epoch at most.")
     )
@@ -398,6 +425,193 @@ class Settings(BaseModel):
             "AUG_RT60",
             expect="MIN,MAX in seconds, above 0, such as 0.1,0.6",
             description="Range of the reverberation time.",
+        ),
+    )
+    aug_spec_time_ms: float = Field(
+        AugmentOptions.spec_time_ms,
+        ge=0,
+        **_env(
+            "AUG_SPEC_TIME_MS",
+            expect="a non-negative number of milliseconds (0: 5 % of each clip)",
+            description="Longest SpecAugment time mask, in ms (each at most a fifth of its clip).",
+        ),
+    )
+    aug_spec_time_masks: int = Field(
+        AugmentOptions.spec_time_masks,
+        ge=0,
+        **_env(
+            "AUG_SPEC_TIME_MASKS", expect=NON_NEGATIVE_INT, description="SpecAugment time masks per clip."
+        ),
+    )
+    aug_spec_freq_masks: int = Field(
+        AugmentOptions.spec_freq_masks,
+        ge=0,
+        **_env(
+            "AUG_SPEC_FREQ_MASKS",
+            expect=NON_NEGATIVE_INT,
+            description="SpecAugment frequency masks per clip.",
+        ),
+    )
+    aug_spec_freq_share: float = Field(
+        AugmentOptions.spec_freq_share,
+        ge=0,
+        le=1,
+        **_env(
+            "AUG_SPEC_FREQ_SHARE",
+            expect="a number from 0 to 1",
+            description="Widest SpecAugment frequency mask, as a share of the features' channels.",
+        ),
+    )
+    # Speaker variation.
+    aug_vtlp: float = Field(
+        SpeakerOptions.vtlp,
+        ge=0,
+        le=1,
+        **_env(
+            "AUG_VTLP",
+            expect=PROBABILITY,
+            description="Share of clips with vocal tract length perturbation (AUG_VTLP_RANGE).",
+        ),
+    )
+    aug_pitch: float = Field(
+        SpeakerOptions.pitch,
+        ge=0,
+        le=1,
+        **_env(
+            "AUG_PITCH", expect=PROBABILITY, description="Share of clips pitch-shifted (AUG_PITCH_SEMITONES)."
+        ),
+    )
+    aug_formant: float = Field(
+        SpeakerOptions.formant,
+        ge=0,
+        le=1,
+        **_env(
+            "AUG_FORMANT",
+            expect=PROBABILITY,
+            description="Share of clips with their formants moved (AUG_FORMANT_RANGE).",
+        ),
+    )
+    aug_tempo: float = Field(
+        SpeakerOptions.tempo,
+        ge=0,
+        le=1,
+        **_env(
+            "AUG_TEMPO",
+            expect=PROBABILITY,
+            description="Share of clips spoken faster or slower, pitch kept (AUG_TEMPO_RANGE).",
+        ),
+    )
+    aug_vtlp_range: FactorRange = Field(
+        SpeakerOptions.vtlp_range,
+        **_env("AUG_VTLP_RANGE", expect=FACTORS, description="Range of the VTLP factor on every frequency."),
+    )
+    aug_pitch_semitones: SemitoneRange = Field(
+        SpeakerOptions.pitch_semitones,
+        **_env(
+            "AUG_PITCH_SEMITONES",
+            expect="MIN,MAX in semitones such as -3,3",
+            description="Range of pitch shifts.",
+        ),
+    )
+    aug_formant_range: FactorRange = Field(
+        SpeakerOptions.formant_range,
+        **_env(
+            "AUG_FORMANT_RANGE", expect=FACTORS, description="Range of the factor on formant frequencies."
+        ),
+    )
+    aug_tempo_range: FactorRange = Field(
+        SpeakerOptions.tempo_range,
+        **_env("AUG_TEMPO_RANGE", expect=FACTORS, description="Range of the speaking-rate factor."),
+    )
+    # Channel variation and babble.
+    aug_babble: float = Field(
+        ChannelOptions.babble,
+        ge=0,
+        le=1,
+        **_env(
+            "AUG_BABBLE",
+            expect=PROBABILITY,
+            description="Share of clips with other clips of the batch mixed under them (AUG_BABBLE_SNR_DB).",
+        ),
+    )
+    aug_mic: float = Field(
+        ChannelOptions.mic,
+        ge=0,
+        le=1,
+        **_env(
+            "AUG_MIC", expect=PROBABILITY, description="Share of clips through a random small microphone."
+        ),
+    )
+    aug_clipping: float = Field(
+        ChannelOptions.clipping,
+        ge=0,
+        le=1,
+        **_env(
+            "AUG_CLIPPING",
+            expect=PROBABILITY,
+            description="Share of clips hard-clipped (0.1-3 % of samples).",
+        ),
+    )
+    aug_compression: float = Field(
+        ChannelOptions.compression,
+        ge=0,
+        le=1,
+        **_env(
+            "AUG_COMPRESSION",
+            expect=PROBABILITY,
+            description="Share of clips with dynamic range compression.",
+        ),
+    )
+    aug_eq: float = Field(
+        ChannelOptions.eq,
+        ge=0,
+        le=1,
+        **_env("AUG_EQ", expect=PROBABILITY, description="Share of clips through a random EQ (+-8 dB)."),
+    )
+    aug_band_limit: float = Field(
+        ChannelOptions.band_limit,
+        ge=0,
+        le=1,
+        **_env(
+            "AUG_BAND_LIMIT",
+            expect=PROBABILITY,
+            description="Share of clips band-limited (low edge 50-300 Hz, high edge 3.4-7.5 kHz).",
+        ),
+    )
+    aug_narrowband: float = Field(
+        ChannelOptions.narrowband,
+        ge=0,
+        le=1,
+        **_env(
+            "AUG_NARROWBAND", expect=PROBABILITY, description="Share of clips through an 8 kHz round trip."
+        ),
+    )
+    aug_mu_law: float = Field(
+        ChannelOptions.mu_law,
+        ge=0,
+        le=1,
+        **_env("AUG_MU_LAW", expect=PROBABILITY, description="Share of clips through 8-bit mu-law."),
+    )
+    aug_codec: float = Field(
+        ChannelOptions.codec,
+        ge=0,
+        le=1,
+        **_env(
+            "AUG_CODEC", expect=PROBABILITY, description="Share of clips through a lossy codec of AUG_CODECS."
+        ),
+    )
+    aug_babble_snr_db: DecibelRange = Field(
+        ChannelOptions.babble_snr_db,
+        **_env(
+            "AUG_BABBLE_SNR_DB", expect="MIN,MAX in dB such as 5,20", description="Range of the babble SNR."
+        ),
+    )
+    aug_codecs: CodecList = Field(
+        ChannelOptions.codecs,
+        **_env(
+            "AUG_CODECS",
+            expect="comma-separated codec:kbps, codecs mp3 (8-160), vorbis (23-72), opus (6-256)",
+            description="Codecs and bitrates AUG_CODEC draws from.",
         ),
     )
 

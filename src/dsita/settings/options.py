@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from dsita.data.augmentation.options import AugmentOptions
+from dsita.data.augmentation.options import AugmentOptions, ChannelOptions, SpeakerOptions
 from dsita.data.clips import ImportOptions
 from dsita.export.card import ModelInfo
 from dsita.lm.build import LmBuildOptions
@@ -42,6 +42,7 @@ _TRAIN: dict[str, tuple[Any, ...]] = {
     "early_stop": ("early_stop", None),
     "es_epochs": ("es_epochs", None),
     "max_to_keep": ("max_to_keep", None),
+    "average_checkpoints": ("average_checkpoints", None),
     "checkpoint_secs": ("checkpoint_secs", None, False),
     "amp": ("amp", None),
     "seed": ("seed", None),
@@ -59,6 +60,7 @@ _MODEL_FIELDS: dict[str, tuple[str, Callable[[Any], Any] | None]] = {
     "d_model": ("conformer_dim", _limit),
     "n_heads": ("conformer_heads", _limit),
 }
+# AugmentOptions field -> setting; "speaker." and "channel." fields go to the options it holds.
 _AUGMENT: dict[str, str] = {
     "speed": "aug_speed",
     "spec_augment": "aug_specaugment",
@@ -69,6 +71,29 @@ _AUGMENT: dict[str, str] = {
     "snr_db": "aug_snr_db",
     "gain_db": "aug_gain_db",
     "rt60": "aug_rt60",
+    "spec_time_ms": "aug_spec_time_ms",
+    "spec_time_masks": "aug_spec_time_masks",
+    "spec_freq_masks": "aug_spec_freq_masks",
+    "spec_freq_share": "aug_spec_freq_share",
+    "speaker.vtlp": "aug_vtlp",
+    "speaker.pitch": "aug_pitch",
+    "speaker.formant": "aug_formant",
+    "speaker.tempo": "aug_tempo",
+    "speaker.vtlp_range": "aug_vtlp_range",
+    "speaker.pitch_semitones": "aug_pitch_semitones",
+    "speaker.formant_range": "aug_formant_range",
+    "speaker.tempo_range": "aug_tempo_range",
+    "channel.babble": "aug_babble",
+    "channel.mic": "aug_mic",
+    "channel.clipping": "aug_clipping",
+    "channel.compression": "aug_compression",
+    "channel.eq": "aug_eq",
+    "channel.band_limit": "aug_band_limit",
+    "channel.narrowband": "aug_narrowband",
+    "channel.mu_law": "aug_mu_law",
+    "channel.codec": "aug_codec",
+    "channel.babble_snr_db": "aug_babble_snr_db",
+    "channel.codecs": "aug_codecs",
 }
 TRAIN_KEY_SETTINGS: tuple[str, ...] = (
     *(spec[0] for spec in _TRAIN.values() if len(spec) < 3 or spec[2]),
@@ -85,7 +110,13 @@ def _convert(settings: Settings, spec: tuple[Any, ...]) -> Any:
 
 def augment_options(settings: Settings) -> AugmentOptions:
     """The AUG_* settings."""
-    return AugmentOptions(**{option: getattr(settings, name) for option, name in _AUGMENT.items()})
+    groups: dict[str, dict[str, Any]] = {"": {}, "speaker": {}, "channel": {}}
+    for path, name in _AUGMENT.items():
+        group, _, option = path.rpartition(".")
+        groups[group][option] = getattr(settings, name)
+    return AugmentOptions(
+        **groups[""], speaker=SpeakerOptions(**groups["speaker"]), channel=ChannelOptions(**groups["channel"])
+    )
 
 
 def train_options(

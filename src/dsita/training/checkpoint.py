@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import pickle
 import re
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ import torch
 from dsita.errors import DsitaError
 from dsita.fileio import atomic_write
 from dsita.model.base import AcousticModel, build_model, model_config_from_dict, model_config_to_dict
+from dsita.system import disk_errors
 from dsita.text.alphabet import Alphabet
 from dsita.training.runtime import rng_state
 
@@ -34,8 +34,22 @@ def epoch_checkpoint_name(epoch: int) -> str:
 
 
 def save_checkpoint(path: Path, checkpoint: dict[str, Any]) -> None:
-    with atomic_write(path, "wb") as f:
+    """Write a checkpoint atomically; a full or read-only disk is one DsitaError and leaves no partial file
+    (torch.save's own error on a full disk, `inline_container.cc`, says neither where nor why)."""
+    needed = tensor_bytes(checkpoint)
+    with disk_errors(path.parent, needed, f"the checkpoint {path.name}"), atomic_write(path, "wb") as f:
         torch.save({"format_version": FORMAT_VERSION, **checkpoint}, f)
+
+
+def tensor_bytes(value: Any) -> int:
+    """The bytes of every tensor in a nested checkpoint dict: about the size of its file."""
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, dict):
+        return sum(tensor_bytes(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return sum(tensor_bytes(v) for v in value)
+    return 0
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
@@ -43,11 +57,41 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         raise DsitaError(f"{path}: checkpoint not found")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
-        raise DsitaError(f"{path}: not a readable dsita checkpoint ({str(exc).splitlines()[0]})") from None
+    except Exception as exc:
+        raise DsitaError(f"{path}: not a readable dsita checkpoint ({_first_line(exc)})") from None
     if not isinstance(checkpoint, dict) or checkpoint.get("format_version") != FORMAT_VERSION:
         raise DsitaError(f"{path}: not a dsita checkpoint of format version {FORMAT_VERSION}")
+    _check_contents(path, checkpoint)
     return checkpoint
+
+
+def _first_line(exc: BaseException) -> str:
+    """An exception's message on one line; of torch's long weights-only refusal, only the unpickler's reason
+    (its advice to load with weights_only=False would run the file's code)."""
+    text = str(exc).split("WeightsUnpickler error:", 1)[-1]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[0][:200] if lines else type(exc).__name__
+
+
+def _check_contents(path: Path, checkpoint: dict[str, Any]) -> None:
+    """The model's config, weights and alphabet are there and well formed, so that a damaged file is refused
+    here, by name, rather than deep inside the model's construction."""
+    weights, labels = checkpoint.get("model"), checkpoint.get("alphabet")
+    if not (
+        isinstance(checkpoint.get("model_config"), dict)
+        and isinstance(weights, dict)
+        and all(isinstance(v, torch.Tensor) for v in weights.values())
+        and isinstance(labels, list)
+        and all(isinstance(label, str) for label in labels)
+    ):
+        raise DsitaError(
+            f"{path}: a damaged dsita checkpoint: its model_config, model or alphabet is malformed"
+        )
+    try:
+        model_config_from_dict(checkpoint["model_config"])
+        Alphabet(tuple(labels))
+    except (DsitaError, KeyError, TypeError, ValueError) as exc:
+        raise DsitaError(f"{path}: a damaged dsita checkpoint ({_first_line(exc)})") from None
 
 
 def resolve_checkpoint(path: Path) -> Path:
@@ -82,15 +126,23 @@ def snapshot(
     }
 
 
-def model_from_checkpoint(checkpoint: dict[str, Any]) -> tuple[AcousticModel, Alphabet]:
+def model_from_checkpoint(
+    checkpoint: dict[str, Any], source: Path | str = "the checkpoint"
+) -> tuple[AcousticModel, Alphabet]:
+    """The model a checkpoint (from `load_checkpoint`) describes, with its weights, and its alphabet; weights
+    that do not fit the model are a DsitaError naming `source`."""
     model = build_model(model_config_from_dict(checkpoint["model_config"]))
-    model.load_state_dict(checkpoint["model"])
+    try:
+        model.load_state_dict(checkpoint["model"])
+    except RuntimeError as exc:
+        raise DsitaError(f"{source}: its weights do not fit its model_config ({_first_line(exc)})") from None
     return model, Alphabet(tuple(checkpoint["alphabet"]))
 
 
 def load_trained_model(path: Path) -> tuple[AcousticModel, Alphabet]:
     """The model and alphabet stored in a checkpoint file or folder, in eval mode on the CPU."""
-    model, alphabet = model_from_checkpoint(load_checkpoint(resolve_checkpoint(path)))
+    path = resolve_checkpoint(path)
+    model, alphabet = model_from_checkpoint(load_checkpoint(path), path)
     return model.eval(), alphabet
 
 

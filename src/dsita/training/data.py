@@ -1,8 +1,10 @@
 """What the training loop reads: the train and dev clips, their loaders, and the batch's features.
 
 Clips are read lazily by persistent DataLoader workers; features are computed by the model's featurizer on
-the training device (or read from a feature cache). Augmentation runs on the training batches only: the
-waveform transforms on the device, then SpecAugment on the features.
+the training device (or read from a feature cache). Augmentation runs on the training clips only: speed,
+tempo and codecs per clip in the workers, seeded per (seed, epoch, clip); the batch chain
+(`dsita.data.augmentation.batch.augment_batch`) on the device, then SpecAugment on the features, both from the
+device's RNG, which checkpoints save.
 """
 
 from __future__ import annotations
@@ -17,7 +19,10 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from dsita.audio import SAMPLE_RATE
-from dsita.data.augment import NoiseBank, SpecAugment, augment_waveforms, load_noise_bank
+from dsita.data.augmentation.batch import augment_batch, clip_transforms
+from dsita.data.augmentation.options import AugmentOptions
+from dsita.data.augmentation.specaugment import SpecAugment
+from dsita.data.augmentation.waveform import NoiseBank, load_noise_bank
 from dsita.data.csvs import Sample, sample_duration
 from dsita.data.dataset import (
     Batch,
@@ -30,6 +35,7 @@ from dsita.data.dataset import (
 )
 from dsita.errors import DsitaError
 from dsita.model.base import AcousticModel
+from dsita.system import ParentWatch
 from dsita.text.alphabet import Alphabet
 from dsita.training.options import TrainOptions
 from dsita.training.runtime import Distributed, default_workers
@@ -86,10 +92,10 @@ class TrainingData:
     def augmented_features(
         self, model: AcousticModel, batch: Batch, frame_lengths: Tensor
     ) -> tuple[Tensor, Tensor]:
-        """`features`, with the waveform augmentations before and SpecAugment after."""
+        """`features`, with the batch augmentations before and SpecAugment after."""
         augment = self.options.augment
         if not batch.are_features and augment.waveform:
-            waveforms = augment_waveforms(batch.inputs, batch.input_lengths, augment, self.noise_bank)
+            waveforms = augment_batch(batch.inputs, batch.input_lengths, augment, self.noise_bank)
             batch = dataclasses.replace(batch, inputs=waveforms)
         features, lengths = self.features(model, batch)
         if self.spec_augment is not None:
@@ -126,7 +132,8 @@ def load_training_data(
     cache = FeatureCache(options.feature_cache, model.featurizer) if options.feature_cache else None
     if cache is not None and augment.waveform:
         raise DsitaError(
-            "noise, gain and reverberation change the audio each epoch and cannot use a feature cache"
+            "noise, gain, reverberation, speaker and channel augmentation change the audio each epoch "
+            "and cannot use a feature cache"
         )
     noise_bank = None
     if augment.noise > 0 and augment.noise_dir is not None:
@@ -134,11 +141,10 @@ def load_training_data(
     workers = options.workers if options.workers is not None else default_workers(device, distributed)
     train_sampler = _sampler(options, train_samples, distributed, options.sort_by_size)
     dev_sampler = _sampler(options, dev_samples, distributed, True)
-    train_set = SpeechDataset(train_samples, alphabet, cache, augment.speed, seed=options.seed)
+    train_set = SpeechDataset(
+        train_samples, alphabet, cache, augment.speed, clip_transforms(augment), seed=options.seed
+    )
     featurizer = model.featurizer
-    spec_augment = None
-    if augment.spec_augment:
-        spec_augment = SpecAugment(featurizer.frame_size, prob=augment.spec_augment)
     return TrainingData(
         options,
         train_samples,
@@ -148,8 +154,24 @@ def load_training_data(
         _loader(SpeechDataset(dev_samples, alphabet, cache), dev_sampler, workers, device),
         featurizer.step_samples,
         featurizer,
-        spec_augment,
+        _spec_augment(augment, featurizer),
         noise_bank,
+    )
+
+
+def _spec_augment(augment: AugmentOptions, featurizer: torch.nn.Module) -> SpecAugment | None:
+    """SpecAugment for the model's featurizer: its mask widths in milliseconds turned into its frames."""
+    if not augment.spec_augment:
+        return None
+    return SpecAugment.for_featurizer(
+        featurizer.frame_size,  # type: ignore[arg-type]
+        featurizer.step_samples,  # type: ignore[arg-type]
+        augment.spec_augment,
+        augment.spec_time_masks,
+        augment.spec_time_ms,
+        augment.spec_freq_masks,
+        augment.spec_freq_share,
+        SAMPLE_RATE,
     )
 
 
@@ -178,6 +200,7 @@ def _loader(
         num_workers=workers,
         persistent_workers=workers > 0,  # started once, not every epoch
         pin_memory=device.type == "cuda",
+        worker_init_fn=ParentWatch() if workers > 0 else None,  # workers die with the trainer, by SIGKILL too
     )
 
 

@@ -8,6 +8,7 @@ that state was written.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import logging
@@ -28,6 +29,7 @@ from dsita.fileio import atomic_write_text
 from dsita.model.base import AcousticModel, ModelConfig, build_model, model_config_class, new_model_config
 from dsita.progress import Progress
 from dsita.text.alphabet import Alphabet
+from dsita.training.averaging import average_state_dicts, last_epoch_checkpoints
 from dsita.training.checkpoint import (
     BEST_DEV,
     LAST,
@@ -138,6 +140,8 @@ def train(options: TrainOptions, alphabet: Alphabet, distributed: Distributed | 
             while run.state.epoch < options.epochs and not stopped_early:
                 stats = train_epoch(run, data)
                 stopped_early = end_epoch(run, data, stats, board)
+            if options.average_checkpoints > 1:
+                average_last_epochs(run, data)
         finally:
             if board is not None:
                 board.close()
@@ -273,7 +277,8 @@ def end_epoch(run: Run, data: TrainingData, stats: EpochStats, board: Any) -> bo
         if improved:
             save_checkpoint(options.checkpoint_dir / BEST_DEV, checkpoint)
         save_checkpoint(options.checkpoint_dir / LAST, checkpoint)
-        rotate_epoch_checkpoints(options.checkpoint_dir, options.max_to_keep)
+        keep = max(options.max_to_keep, options.average_checkpoints)  # averaging reads the last epochs back
+        rotate_epoch_checkpoints(options.checkpoint_dir, keep)
         record = {
             "epoch": finished,
             "step": state.step,
@@ -297,6 +302,44 @@ def end_epoch(run: Run, data: TrainingData, stats: EpochStats, board: Any) -> bo
         log.info("Early stop: no dev improvement for %d epochs", state.epochs_without_improvement)
         return True
     return False
+
+
+def average_last_epochs(run: Run, data: TrainingData) -> None:
+    """Average the weights of the last AVERAGE_CHECKPOINTS epochs and keep the average as `best_dev.pt` when
+    its dev loss is below every epoch's (and every earlier average's): `best_dev_loss` is then its loss.
+
+    Rank 0 reads the epoch checkpoints and sends the average to the other ranks. The dev pass draws nothing
+    from the training RNG, so a run resumed after this trains as one that never stopped.
+    """
+    options, state, distributed = run.options, run.state, run.distributed
+    found = [last_epoch_checkpoints(options.checkpoint_dir, options.average_checkpoints)]
+    if distributed.world_size > 1:
+        dist.broadcast_object_list(found, src=0)  # only rank 0's folder need hold the files
+    paths = found[0]
+    if len(paths) < 2:
+        return
+    averaged = copy.deepcopy(run.model)
+    if distributed.is_main:
+        averaged.load_state_dict(average_state_dicts([load_checkpoint(path)["model"] for path in paths]))
+    if distributed.world_size > 1:
+        for tensor in averaged.state_dict().values():
+            dist.broadcast(tensor, src=0)
+    with torch.random.fork_rng(devices=[run.device] if run.device.type == "cuda" else []):
+        dev_loss = dataset_loss(averaged, data, run.device, run.amp_dtype, distributed)
+    kept = dev_loss < state.best_dev_loss
+    names = [path.name for path in paths]
+    log.info("Average of %s: dev loss %.3f%s", ", ".join(names), dev_loss, " (best)" if kept else "")
+    if kept:
+        state.best_dev_loss = dev_loss
+    if not distributed.is_main:
+        return
+    if kept:
+        best = {**run.checkpoint(), "model": averaged.state_dict(), "averaged_epochs": names}
+        save_checkpoint(options.checkpoint_dir / BEST_DEV, best)
+        save_checkpoint(options.checkpoint_dir / LAST, run.checkpoint())
+    record = {"averaged_epochs": names, "step": state.step, "dev_loss": dev_loss, "kept_as_best": kept}
+    with open(options.checkpoint_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
 
 
 def dataset_loss(

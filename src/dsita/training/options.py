@@ -45,6 +45,9 @@ class TrainOptions:
     plateau_epochs: int = 1
     plateau_factor: float = 0.1
     max_to_keep: int = 2
+    # At the end of training, the weights of the last N epochs averaged (0 or 1: off); the average becomes
+    # best_dev.pt when its dev loss is lower than the best epoch's.
+    average_checkpoints: int = 0
     checkpoint_secs: float = 600.0
     amp: bool = True
     seed: int = 4568
@@ -65,5 +68,7 @@ class TrainOptions:
             raise ValueError(
                 f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}"
             )
+        if self.average_checkpoints < 0:
+            raise ValueError(f"average_checkpoints must be non-negative, got {self.average_checkpoints}")
         if self.batch_seconds is not None and not self.batch_seconds > 0:
             raise ValueError(f"batch_seconds must be positive, got {self.batch_seconds}")

@@ -1,10 +1,10 @@
 """Channel variation and babble, drawn per utterance: what microphones, phones and codecs do to speech.
 
 On a zero-padded (B, samples) batch on any device, keeping every utterance's length and zero padding:
-babble (the batch's other utterances mixed under each one), microphone colouration, clipping, dynamic range
-compression, random EQ (peaking and shelving biquads), band limits down to the 300-3400 Hz telephone band,
-an 8 kHz round trip (down- and up-sampling through a windowed-sinc filter) and mu-law. `channel_waveforms`
-applies them in the order of a real chain: the room (babble), the microphone, the converter's overload
+babble (the batch's other utterances mixed under each one, `babble_waveforms`), and in `channel_waveforms`
+microphone colouration, clipping, dynamic range compression, random EQ (peaking and shelving biquads), band
+limits down to the 300-3400 Hz telephone band, an 8 kHz round trip (down- and up-sampling through a
+windowed-sinc filter) and mu-law, in the order of a real chain: the microphone, the converter's overload
 (clipping), the device's automatic gain (compression), the line (EQ, band limit, 8 kHz) and its coding.
 
 Filters (microphone, EQ, band limit) are magnitude responses applied at zero phase through one FFT per
@@ -13,7 +13,7 @@ utterance: the features only see magnitudes, and the padding stays silent.
 Lossy codecs (MP3, Vorbis, Opus through libsndfile) only run on the CPU, one clip at a time, so they belong
 in the DataLoader workers: `CodecRoundTrip` is a clip transform for `dsita.data.dataset.SpeechDataset`.
 
-Draws come from torch's RNG or a given generator, as in `dsita.data.augment`.
+Draws follow `dsita.data.augmentation.common`.
 """
 
 from __future__ import annotations
@@ -31,9 +31,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from dsita.audio import SAMPLE_RATE
-from dsita.data.augment import _uniform, _valid
+from dsita.data.augmentation.common import log_uniform, uniform, valid_mask
+from dsita.data.augmentation.options import CODEC_KBPS, ChannelOptions, parse_codec
 
-TELEPHONE_BAND = (300.0, 3400.0)
 BAND_EDGE_SHARE = 0.1  # a band limit fades in over its low edge's 10 % above it and out below its high edge
 RESPONSE_GRID = 2049  # points from 0 Hz to the Nyquist frequency on which filter responses are computed
 FILTER_MARGIN = 2048  # zeros after the batch before the FFT filter, so the responses do not wrap around
@@ -56,112 +56,59 @@ CODECS = {
     "vorbis": ("OGG", "VORBIS", None),
     "opus": ("OGG", "OPUS", None),
 }
-CODEC_KBPS = {"mp3": (8.0, 160.0), "opus": (6.0, 256.0), "vorbis": (23.0, 72.0)}
 VORBIS_LEVEL_KBPS = ((1.0, 23.0), (0.9, 26.0), (0.8, 29.0), (0.6, 36.0), (0.5, 44.0), (0.0, 72.0))
 MAX_MP3_LEVEL = 0.99
 CODEC_DELAY_SEARCH = (-64, 4096)  # the probe looks for a delay in this range of samples (< 0: a lead)
 
 
-@dataclass(frozen=True)
-class ChannelOptions:
-    """Per-utterance probabilities (0: off) and the ranges that channel variation and babble draw from.
-
-    Frequencies and ratios are drawn log-uniformly, levels in dB uniformly.
-    """
-
-    babble: float = 0.0
-    mic: float = 0.0
-    clipping: float = 0.0
-    compression: float = 0.0
-    eq: float = 0.0
-    band_limit: float = 0.0
-    narrowband: float = 0.0  # 8 kHz round trip
-    mu_law: float = 0.0
-    codec: float = 0.0  # per clip, in the DataLoader workers
-    babble_talkers: tuple[int, int] = (3, 7)  # at most the batch size minus one
-    babble_snr_db: tuple[float, float] = (5.0, 20.0)
-    clip_fraction: tuple[float, float] = (0.001, 0.03)  # share of an utterance's samples clipped
-    compression_threshold_db: tuple[float, float] = (-30.0, -10.0)  # under the loudest 10 ms
-    compression_ratio: tuple[float, float] = (2.0, 10.0)
-    eq_bands: int = 3  # peaking filters, besides a low and a high shelf
-    eq_gain_db: float = 8.0  # gains drawn in [-eq_gain_db, eq_gain_db]
-    band_low_hz: tuple[float, float] = (50.0, TELEPHONE_BAND[0])
-    band_high_hz: tuple[float, float] = (TELEPHONE_BAND[1], 7500.0)
-    # Opus works too ("opus:6" to "opus:256") but costs 3-6 times MP3's CPU time (augment_speed.py), and a
-    # benchmark may want one codec that training never used.
-    codecs: tuple[str, ...] = ("mp3:8", "mp3:16", "mp3:24", "mp3:32", "vorbis:23", "vorbis:29")
-
-    def __post_init__(self) -> None:
-        for name in ("babble", "mic", "clipping", "compression", "eq", "band_limit", "narrowband", "mu_law"):
-            if not 0 <= getattr(self, name) <= 1:
-                raise ValueError(f"{name} must be a probability in [0, 1], got {getattr(self, name)}")
-        if not 0 <= self.codec <= 1:
-            raise ValueError(f"codec must be a probability in [0, 1], got {self.codec}")
-        for name in ("babble_snr_db", "compression_threshold_db"):
-            low, high = getattr(self, name)
-            if not low <= high:
-                raise ValueError(f"{name} must be (min, max), got {(low, high)}")
-        for name in ("clip_fraction", "compression_ratio", "band_low_hz", "band_high_hz"):
-            low, high = getattr(self, name)
-            if not 0 < low <= high:
-                raise ValueError(f"{name} must be (min, max) with 0 < min <= max, got {(low, high)}")
-        if not 1 <= self.babble_talkers[0] <= self.babble_talkers[1]:
-            raise ValueError(
-                f"babble_talkers must be (min, max) with 1 <= min <= max, got {self.babble_talkers}"
-            )
-        if not self.band_low_hz[1] < self.band_high_hz[0] < SAMPLE_RATE / 2 or self.clip_fraction[1] >= 1:
-            raise ValueError("band limits must leave a band below the Nyquist frequency, clip_fraction < 1")
-        if self.eq_bands < 0 or self.eq_gain_db < 0:
-            raise ValueError("eq_bands and eq_gain_db must be non-negative")
-        if self.codec > 0 and not self.codecs:
-            raise ValueError("codec augmentation needs at least one codec")
-        for codec in self.codecs:
-            parse_codec(codec)
-
-    @property
-    def batch(self) -> bool:
-        """Whether any of the batch transforms (all but the codecs) is on."""
-        names = ("babble", "mic", "clipping", "compression", "eq", "band_limit", "narrowband", "mu_law")
-        return any(getattr(self, name) > 0 for name in names)
+def babble_waveforms(
+    waveforms: Tensor, lengths: Tensor, options: ChannelOptions, generator: torch.Generator | None = None
+) -> Tensor:
+    """Babble under the utterances `options.babble` picks: `add_babble` with a talker count and an SNR drawn
+    per utterance. With `options.babble` 0 the batch is returned as it is and nothing is drawn."""
+    if options.babble == 0:
+        return waveforms
+    batch, device = waveforms.shape[0], waveforms.device
+    picked = uniform((batch,), 0, 1, generator, device) < options.babble
+    low, high = options.babble_talkers
+    talkers = uniform((batch,), low, high + 1, generator, device).floor().long()
+    snr = uniform((batch,), *options.babble_snr_db, generator, device)
+    return torch.where(picked[:, None], add_babble(waveforms, lengths, talkers, snr, generator), waveforms)
 
 
 def channel_waveforms(
     waveforms: Tensor, lengths: Tensor, options: ChannelOptions, generator: torch.Generator | None = None
 ) -> Tensor:
-    """Babble, microphone, clipping, compression, EQ and band limit, 8 kHz round trip and mu-law, each on
-    the utterances its probability picks. With every probability 0 the batch is returned as it is and nothing
-    is drawn, so that the RNG stream stays that of an unaugmented run."""
-    if not options.batch:
+    """Microphone, clipping, compression, EQ and band limit, 8 kHz round trip and mu-law, each on the
+    utterances its probability picks (babble is `babble_waveforms`, earlier in the chain). With every
+    probability 0 the batch is returned as it is and nothing is drawn, so that the RNG stream stays that of
+    an unaugmented run."""
+    if not options.line:
         return waveforms
     device = waveforms.device
     batch = waveforms.shape[0]
     out = waveforms
 
-    def uniform(low: float, high: float, shape: tuple[int, ...] = (batch,)) -> Tensor:
-        return _uniform(shape, low, high, generator, device)
+    def draw(low: float, high: float) -> Tensor:
+        return uniform((batch,), low, high, generator, device)
 
-    def log_uniform(low: float, high: float, shape: tuple[int, ...] = (batch,)) -> Tensor:
-        return torch.exp(uniform(math.log(low), math.log(high), shape))
+    def draw_log(low: float, high: float) -> Tensor:
+        return log_uniform((batch,), low, high, generator, device)
 
     def pick(prob: float) -> Tensor:
-        return uniform(0, 1) < prob
+        return draw(0, 1) < prob
 
-    if options.babble > 0:
-        picked = pick(options.babble)
-        talkers = uniform(options.babble_talkers[0], options.babble_talkers[1] + 1).floor().long()
-        snr = uniform(*options.babble_snr_db)
-        out = torch.where(picked[:, None], add_babble(out, lengths, talkers, snr, generator), out)
     if options.mic > 0:
         picked = pick(options.mic)
         response = random_mic_response(batch, generator, device)
         out = _filter_rows(out, lengths, picked, response)
     if options.clipping > 0:
         picked = pick(options.clipping)
-        fraction = log_uniform(*options.clip_fraction)
+        fraction = draw_log(*options.clip_fraction)
         out = torch.where(picked[:, None], clip(out, lengths, fraction), out)
     if options.compression > 0:
         picked = pick(options.compression)
-        threshold, ratio = uniform(*options.compression_threshold_db), log_uniform(*options.compression_ratio)
+        threshold, ratio = draw(*options.compression_threshold_db), draw_log(*options.compression_ratio)
         out = torch.where(picked[:, None], compress(out, lengths, threshold, ratio), out)
     out = _line(out, lengths, options, generator)
     if options.mu_law > 0:
@@ -179,12 +126,12 @@ def _line(
     responses: list[Callable[[Tensor], Tensor]] = []
     picks = []
     if options.eq > 0:
-        picks.append(_uniform((batch,), 0, 1, generator, device) < options.eq)
+        picks.append(uniform((batch,), 0, 1, generator, device) < options.eq)
         responses.append(random_eq_response(batch, options.eq_bands, options.eq_gain_db, generator, device))
     if options.band_limit > 0:
-        picks.append(_uniform((batch,), 0, 1, generator, device) < options.band_limit)
-        low = torch.exp(_uniform((batch,), *(math.log(f) for f in options.band_low_hz), generator, device))
-        high = torch.exp(_uniform((batch,), *(math.log(f) for f in options.band_high_hz), generator, device))
+        picks.append(uniform((batch,), 0, 1, generator, device) < options.band_limit)
+        low = log_uniform((batch,), *options.band_low_hz, generator, device)
+        high = log_uniform((batch,), *options.band_high_hz, generator, device)
         responses.append(functools.partial(band_response, low=low, high=high))
     if responses:
         chosen = list(zip(picks, responses, strict=True))
@@ -197,7 +144,7 @@ def _line(
 
         out = _filter_rows(out, lengths, torch.stack(picks).any(0), combined)
     if options.narrowband > 0:
-        picked = _uniform((batch,), 0, 1, generator, device) < options.narrowband
+        picked = uniform((batch,), 0, 1, generator, device) < options.narrowband
         rows = torch.nonzero(picked).squeeze(1)
         if rows.numel():
             out = out.index_copy(0, rows, resample_round_trip(out[rows], lengths[rows]))
@@ -217,7 +164,7 @@ def apply_response(waveforms: Tensor, lengths: Tensor, response: Response) -> Te
     grid = torch.linspace(0, SAMPLE_RATE / 2, RESPONSE_GRID, device=waveforms.device)
     magnitude = F.interpolate(response(grid)[:, None], size=n_fft // 2 + 1, mode="linear", align_corners=True)
     spectrum = torch.fft.rfft(waveforms, n=n_fft) * magnitude[:, 0].to(waveforms.dtype)
-    return torch.fft.irfft(spectrum, n=n_fft)[:, : waveforms.shape[1]] * _valid(waveforms, lengths)
+    return torch.fft.irfft(spectrum, n=n_fft)[:, : waveforms.shape[1]] * valid_mask(waveforms, lengths)
 
 
 def _filter_rows(waveforms: Tensor, lengths: Tensor, picked: Tensor, response: Response) -> Tensor:
@@ -303,13 +250,13 @@ def random_eq_response(
     """A response of `bands` peaking filters (60 Hz-7 kHz, Q 0.5-3), a low shelf (80-400 Hz) and a high
     shelf (2-6 kHz), each gain in [-gain_db, gain_db]."""
 
-    def log_uniform(low: float, high: float, shape: tuple[int, ...]) -> Tensor:
-        return torch.exp(_uniform(shape, math.log(low), math.log(high), generator, device))
+    def draw_log(low: float, high: float, shape: tuple[int, ...]) -> Tensor:
+        return log_uniform(shape, low, high, generator, device)
 
-    centres = log_uniform(60, 7000, (batch, bands))
-    qs = log_uniform(0.5, 3, (batch, bands))
-    gains = _uniform((batch, bands + 2), -gain_db, gain_db, generator, device)
-    low_corner, high_corner = log_uniform(80, 400, (batch,)), log_uniform(2000, 6000, (batch,))
+    centres = draw_log(60, 7000, (batch, bands))
+    qs = draw_log(0.5, 3, (batch, bands))
+    gains = uniform((batch, bands + 2), -gain_db, gain_db, generator, device)
+    low_corner, high_corner = draw_log(80, 400, (batch,)), draw_log(2000, 6000, (batch,))
 
     def response(frequencies: Tensor) -> Tensor:
         total = shelf_response(frequencies, low_corner, gains[:, -2], high=False)
@@ -380,13 +327,13 @@ def random_mic_response(batch: int, generator: torch.Generator | None, device: t
     """Small-microphone colourations: low cut 70-300 Hz, presence peak +3-10 dB at 2-6 kHz, a resonance of
     +-6 dB at 300 Hz-7 kHz, high cut 3.5-9 kHz (above 8 kHz: a gentle droop at the top of the band)."""
 
-    def log_uniform(low: float, high: float) -> Tensor:
-        return torch.exp(_uniform((batch,), math.log(low), math.log(high), generator, device))
+    def draw_log(low: float, high: float) -> Tensor:
+        return log_uniform((batch,), low, high, generator, device)
 
-    low_cut, presence = log_uniform(70, 300), log_uniform(2000, 6000)
-    presence_db = _uniform((batch,), 3, 10, generator, device)
-    resonance, resonance_db = log_uniform(300, 7000), _uniform((batch,), -6, 6, generator, device)
-    high_cut = log_uniform(3500, 9000)
+    low_cut, presence = draw_log(70, 300), draw_log(2000, 6000)
+    presence_db = uniform((batch,), 3, 10, generator, device)
+    resonance, resonance_db = draw_log(300, 7000), uniform((batch,), -6, 6, generator, device)
+    high_cut = draw_log(3500, 9000)
     return functools.partial(
         _mic_response,
         low_cut=low_cut,
@@ -435,7 +382,7 @@ def resample_round_trip(waveforms: Tensor, lengths: Tensor, rate: int = 8000) ->
         waveforms.shape[0], narrow.shape[1] * factor, device=waveforms.device, dtype=waveforms.dtype
     )
     wide[:, ::factor] = narrow * factor
-    return low_pass(wide)[:, : waveforms.shape[1]] * _valid(waveforms, lengths)
+    return low_pass(wide)[:, : waveforms.shape[1]] * valid_mask(waveforms, lengths)
 
 
 def mu_law(waveforms: Tensor, bits: int = 8) -> Tensor:
@@ -445,21 +392,6 @@ def mu_law(waveforms: Tensor, bits: int = 8) -> Tensor:
     steps = 2 ** (bits - 1) - 1
     companded = torch.round(torch.log1p(MU * x.abs()) / math.log1p(MU) * steps) / steps
     return torch.sign(x) * torch.expm1(companded * math.log1p(MU)) / MU
-
-
-def parse_codec(spec: str) -> tuple[str, float]:
-    """'mp3:16' -> ('mp3', 16.0): a codec of `CODECS` and its bitrate in kb/s within the codec's range."""
-    name, _, kbps = spec.partition(":")
-    if name not in CODECS:
-        raise ValueError(f"codec {spec!r}: expected one of {', '.join(CODECS)}, as name:kbps")
-    try:
-        rate = float(kbps)
-    except ValueError:
-        raise ValueError(f"codec {spec!r}: expected a bitrate in kb/s after the colon") from None
-    low, high = CODEC_KBPS[name]
-    if not low <= rate <= high:
-        raise ValueError(f"codec {spec!r}: {name} bitrates run from {low:g} to {high:g} kb/s at 16 kHz")
-    return name, rate
 
 
 def compression_level(codec: str, kbps: float) -> float:
@@ -536,7 +468,7 @@ class CodecRoundTrip:
 
 def clip(waveforms: Tensor, lengths: Tensor, fraction: Tensor) -> Tensor:
     """Hard clipping of utterance b at the level that `fraction[b]` of its valid samples exceed."""
-    magnitude = torch.where(_valid(waveforms, lengths) > 0, waveforms.abs(), -1.0)
+    magnitude = torch.where(valid_mask(waveforms, lengths) > 0, waveforms.abs(), -1.0)
     rank = (fraction * lengths).floor().long().clamp(min=0)
     rank = torch.minimum(rank, (lengths - 1).clamp_min(0))
     ordered = magnitude.topk(int(rank.max()) + 1, dim=1).values  # the loudest samples, in order
@@ -550,7 +482,7 @@ def compress(waveforms: Tensor, lengths: Tensor, threshold_db: Tensor, ratio: Te
 
     The level is each 10 ms frame's peak, so the loudest peaks are the ones turned down, as a limiter's are.
     """
-    valid = _valid(waveforms, lengths)
+    valid = valid_mask(waveforms, lengths)
     peak = F.max_pool1d(waveforms.abs()[:, None], COMPRESSOR_FRAME, COMPRESSOR_HOP, ceil_mode=True)[:, 0]
     level = 20 * torch.log10(peak.clamp_min(1e-5))
     threshold = level.max(dim=1, keepdim=True).values + threshold_db[:, None]
@@ -593,9 +525,9 @@ def add_babble(
         return waveforms
     count = talkers.clamp(1, batch - 1)
     # Distinct non-zero row shifts per utterance, from a random permutation of 1 .. B-1.
-    shifts = _uniform((batch, batch - 1), 0, 1, generator, device).argsort(dim=1) + 1
-    offsets = _uniform((batch, batch - 1), 0, 1, generator, device)
-    valid = _valid(waveforms, lengths)
+    shifts = uniform((batch, batch - 1), 0, 1, generator, device).argsort(dim=1) + 1
+    offsets = uniform((batch, batch - 1), 0, 1, generator, device)
+    valid = valid_mask(waveforms, lengths)
     level = torch.sqrt(waveforms.square().sum(1) / lengths.clamp_min(1))
     rows = torch.arange(batch, device=device)
     time = torch.arange(width, device=device)

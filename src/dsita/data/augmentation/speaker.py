@@ -14,8 +14,7 @@ on any device and keep every utterance's length and zero padding:
 Tempo changes the length, so `change_tempo` (WSOLA, pitch kept) runs per clip in the DataLoader workers,
 as speed perturbation does (`TempoPerturbation`, a clip transform for `dsita.data.dataset.SpeechDataset`).
 
-Draws come from torch's RNG or a given generator, as in `dsita.data.augment`, so that a resumed run augments
-as an uninterrupted one.
+Draws follow `dsita.data.augmentation.common`, so that a resumed run augments as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -28,7 +27,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from dsita.data.augment import _uniform, _valid
+from dsita.data.augmentation.common import log_uniform, uniform, valid_mask
+from dsita.data.augmentation.options import SpeakerOptions
 
 # Phase vocoder and envelope STFT: 32 ms frames every 8 ms at 16 kHz (75 % overlap keeps the phase
 # vocoder's smearing low).
@@ -51,39 +51,6 @@ WSOLA_TOLERANCE = 160
 RowTransform = Callable[[Tensor, Tensor, Tensor], Tensor]
 
 
-@dataclass(frozen=True)
-class SpeakerOptions:
-    """Per-utterance probabilities (0: off) and the ranges that speaker variation draws from.
-
-    Factors are drawn uniformly in log scale, so a range like (0.9, 1.1) is about symmetric around 1.
-    """
-
-    vtlp: float = 0.0
-    pitch: float = 0.0
-    formant: float = 0.0
-    tempo: float = 0.0  # per clip, in the DataLoader workers
-    vtlp_range: tuple[float, float] = (0.9, 1.1)  # factor on every frequency
-    pitch_semitones: tuple[float, float] = (-3.0, 3.0)
-    formant_range: tuple[float, float] = (0.88, 1.14)  # factor on the spectral envelope's frequencies
-    tempo_range: tuple[float, float] = (0.85, 1.15)  # speaking rate; durations divide by it
-
-    def __post_init__(self) -> None:
-        for name in ("vtlp", "pitch", "formant", "tempo"):
-            if not 0 <= getattr(self, name) <= 1:
-                raise ValueError(f"{name} must be a probability in [0, 1], got {getattr(self, name)}")
-        for name in ("vtlp_range", "formant_range", "tempo_range"):
-            low, high = getattr(self, name)
-            if not 0 < low <= high:
-                raise ValueError(f"{name} must be (min, max) with 0 < min <= max, got {(low, high)}")
-        if not self.pitch_semitones[0] <= self.pitch_semitones[1]:
-            raise ValueError(f"pitch_semitones must be (min, max), got {self.pitch_semitones}")
-
-    @property
-    def batch(self) -> bool:
-        """Whether any of the batch transforms (VTLP, pitch, formant) is on."""
-        return self.vtlp > 0 or self.pitch > 0 or self.formant > 0
-
-
 def speaker_waveforms(
     waveforms: Tensor, lengths: Tensor, options: SpeakerOptions, generator: torch.Generator | None = None
 ) -> Tensor:
@@ -103,8 +70,8 @@ def speaker_waveforms(
         """Per-utterance log-uniform factor where picked, 1 elsewhere; draws nothing for a 0 probability."""
         if prob == 0:
             return ones
-        picked = _uniform((batch,), 0, 1, generator, device) < prob
-        factor = torch.exp(_uniform((batch,), math.log(low), math.log(high), generator, device))
+        picked = uniform((batch,), 0, 1, generator, device) < prob
+        factor = log_uniform((batch,), low, high, generator, device)
         return torch.where(picked, factor, ones)
 
     tract = draw(options.vtlp, *options.vtlp_range)
@@ -236,7 +203,7 @@ def time_stretch(
     phase = _wrap(spectrum[:, :1].angle() + total).to(dtype)
     phase = _lock_to_peaks(magnitude, phase, analysis_phase)
     out = _istft(torch.polar(magnitude, phase).transpose(1, 2), out_samples)
-    return out * _valid(out, out_lengths)
+    return out * valid_mask(out, out_lengths)
 
 
 def _lock_to_peaks(magnitude: Tensor, phase: Tensor, analysis_phase: Tensor) -> Tensor:
@@ -293,7 +260,7 @@ def formant_shift(waveforms: Tensor, lengths: Tensor, factors: Tensor) -> Tensor
 
     moved = (1 - weight) * at(low) + weight * at(low + 1)
     gain = torch.exp((moved - envelope).clamp(-MAX_ENVELOPE_GAIN, MAX_ENVELOPE_GAIN))
-    out = _istft((spectrum * gain).transpose(1, 2), waveforms.shape[1]) * _valid(waveforms, lengths)
+    out = _istft((spectrum * gain).transpose(1, 2), waveforms.shape[1]) * valid_mask(waveforms, lengths)
     return out * _rms_ratio(waveforms, out)[:, None]
 
 
