@@ -17,9 +17,11 @@ demo: setup
 	DATA_DIR=data $(VENV)/bin/dsita --env-file env_files/fast_dev.env run
 	$(PY) tools/demo_transcribe.py data
 
+# Two xdist workers: on 2 cores the suite takes about two thirds of one process's wall time (BENCHMARKS.md).
 test: setup test-tools
 	$(VENV)/bin/ruff check src tests benchmarks tools
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/mypy
+	$(VENV)/bin/pytest -q -n 2
 
 setup: system $(INSTALLED) $(VENV)/bin/lmplz
 
@@ -51,6 +53,7 @@ $(VENV)/bin/lmplz: $(KENLM_DIR)/bin/lmplz
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks tools
 	$(VENV)/bin/ruff format --check src tests benchmarks tools
+	$(VENV)/bin/mypy
 	$(VENV)/bin/hadolint Dockerfile
 
 # The Docker image installs these exact versions: regenerate after changing the dependencies.

@@ -20,6 +20,7 @@ from dsita.fileio import atomic_write
 
 
 def exact_div(x: int, y: int) -> int:
+    """`x // y`, raising ValueError when `y` does not divide `x` (the constants below must be whole)."""
     if x % y != 0:
         raise ValueError(f"{x} is not divisible by {y}")
     return x // y
@@ -59,14 +60,17 @@ NORM_EPSILON = 1e-5  # added to each channel's standard deviation: a constant ch
 
 
 def hz_to_mel(hz: np.ndarray | float) -> np.ndarray:
+    """Hertz to mel on the HTK scale (1127 ln(1 + f / 700)), as float64."""
     return 1127.0 * np.log1p(np.asarray(hz, dtype=np.float64) / 700.0)
 
 
 def mel_to_hz(mel: np.ndarray | float) -> np.ndarray:
+    """Mel to hertz: the inverse of `hz_to_mel`."""
     return 700.0 * np.expm1(np.asarray(mel, dtype=np.float64) / 1127.0)
 
 
 def periodic_hann(size: int = WINDOW_SAMPLES) -> np.ndarray:
+    """The periodic Hann window of `size` samples (the DFT-even one TF and torch use, not `np.hanning`)."""
     return 0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(size) / size)
 
 
@@ -106,7 +110,8 @@ def mel_filterbank_matrix(
 def dct_matrix(n_mel: int = N_MEL, n_mfcc: int = N_MFCC) -> np.ndarray:
     """(n_mel, n_mfcc) float64 matrix of TF's `MfccDct`: sqrt(2/n) cos(pi i (j + 0.5) / n)."""
     j, i = np.meshgrid(np.arange(n_mel), np.arange(n_mfcc), indexing="ij")
-    return np.sqrt(2.0 / n_mel) * np.cos(np.pi / n_mel * i * (j + 0.5))
+    matrix: np.ndarray = np.sqrt(2.0 / n_mel) * np.cos(np.pi / n_mel * i * (j + 0.5))
+    return matrix
 
 
 def log_mel_filterbank_matrix(
@@ -126,7 +131,8 @@ def log_mel_filterbank_matrix(
     lower, peak, upper = edges[:-2], edges[1:-1], edges[2:]
     rising = (bin_hz[:, None] - lower) / (peak - lower)
     falling = (upper - bin_hz[:, None]) / (upper - peak)
-    return np.maximum(0.0, np.minimum(rising, falling))
+    matrix: np.ndarray = np.maximum(0.0, np.minimum(rising, falling))
+    return matrix
 
 
 # The input features a graph was trained on (metadata key "features").

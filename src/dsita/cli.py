@@ -31,6 +31,7 @@ def _log_handler() -> logging.Handler:
 
 
 def main() -> None:
+    """The `dsita` console script: run the CLI, printing a DsitaError or disk error as one line (exit 2)."""
     from rich.text import Text
 
     from dsita.system import disk_error

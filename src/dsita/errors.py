@@ -18,7 +18,7 @@ def _escape(match: re.Match[str]) -> str:
 
 
 def printable(text: str, newlines: bool = False) -> str:
-    """`text` with control characters as escapes (ESC -> \\x1b, newline -> \\n unless `newlines`)."""
+    r"""`text` with control characters as escapes (ESC -> \x1b, newline -> \n unless `newlines`)."""
     return (_CONTROL_BUT_NEWLINE if newlines else _CONTROL).sub(_escape, text)
 
 
@@ -26,6 +26,7 @@ class PrintableLog(logging.Filter):
     """A handler filter that escapes control characters in log messages (a log shows user text too)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        """Escape control characters in `record`'s message (newlines kept); never drops a record."""
         message = record.getMessage()
         clean = printable(message, newlines=True)  # tables in the log files span lines on purpose
         if clean != message:

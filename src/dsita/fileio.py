@@ -7,13 +7,13 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 
 @contextlib.contextmanager
 def atomic_write(
     path: str | Path, mode: str = "w", encoding: str | None = "utf-8", durable: bool = True
-) -> Iterator[IO]:
+) -> Iterator[IO[Any]]:
     """Open a temporary file next to `path`; on success fsync (when `durable`) and rename it over `path`.
 
     An exception (or a kill) leaves the previous `path`, if any, untouched.
@@ -37,10 +37,12 @@ def atomic_write(
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
+    """Replace `path` with `text` (UTF-8) atomically and durably, via `atomic_write`."""
     with atomic_write(path, "w") as f:
         f.write(text)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Replace `path` with `data` atomically and durably, via `atomic_write`."""
     with atomic_write(path, "wb") as f:
         f.write(data)

@@ -147,7 +147,7 @@ def _load_prctl() -> Callable[..., int] | None:
     if not sys.platform.startswith("linux"):
         return None
     try:
-        return ctypes.CDLL(None, use_errno=True).prctl  # type: ignore[no-any-return]
+        return ctypes.CDLL(None, use_errno=True).prctl
     except (OSError, AttributeError):
         return None
 
@@ -193,6 +193,11 @@ class ParentWatch:
         self.parent = os.getpid()
 
     def __call__(self, *_: object) -> None:
+        """Arm the watch in the calling child; exits at once if the parent is already gone.
+
+        Arguments are ignored, so the instance fits any initializer signature. A direct child gets the
+        kernel's parent-death signal where it exists; otherwise a daemon thread polls the parent.
+        """
         direct = os.getppid() == self.parent
         if direct:
             armed = _arm_parent_death_signal()

@@ -1,4 +1,5 @@
-"""DeepSpeech TensorFlow checkpoints read without TensorFlow: numbers, integrity checks, transfer, CLI.
+"""DeepSpeech TensorFlow checkpoints read without TensorFlow: numbers, integrity checks, transfer (never to a
+conformer), CLI.
 
 The fixture under fixtures/tf_checkpoint/ was written by TensorFlow (tools/make_tf_fixture.py): a DeepSpeech
 0.9 graph with N_HIDDEN=16 and 29 outputs, its checkpoint (with Adam slots, global_step and learning_rate),
@@ -23,6 +24,7 @@ import torch
 from dsita.convert.crc32c import crc32c, mask
 from dsita.convert.deepspeech import (
     LSTM_SCOPE,
+    check_transfer_source,
     convert_deepspeech_checkpoint,
     ensure_dsita_checkpoint,
     expected_shapes,
@@ -307,6 +309,21 @@ def test_ensure_dsita_checkpoint_converts_only_what_needs_it(tmp_path: Path, con
     shutil.rmtree(holder / "deepspeech-0.9.3-checkpoint")
     with pytest.raises(DsitaError, match=r"expected a dsita checkpoint .* found none"):
         ensure_dsita_checkpoint(holder, tmp_path / "none", 16)
+
+
+def test_a_tensorflow_checkpoint_cannot_start_a_conformer(
+    trained_tiny: Callable[[str], Path], tmp_path: Path
+) -> None:
+    with pytest.raises(DsitaError, match="MODEL=conformer") as error:
+        ensure_dsita_checkpoint(FIXTURE, tmp_path / "converted", 16, architecture="conformer")
+    assert "\n" not in str(error.value)
+    assert not (tmp_path / "converted").exists()
+    check_transfer_source(FIXTURE, "deepspeech")  # the converter's own architecture
+    conformer = trained_tiny("conformer")
+    check_transfer_source(conformer, "conformer")
+    assert ensure_dsita_checkpoint(conformer, tmp_path / "unused", 16, architecture="conformer") == (
+        conformer / BEST_DEV
+    )
 
 
 # --- CLI ------------------------------------------------------------------------------------------------

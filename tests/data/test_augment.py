@@ -37,12 +37,6 @@ ITALIAN = Alphabet.italian()
 RATE = 16000
 
 
-@pytest.fixture(scope="module")
-def clips(sample_corpus: Path) -> list[torch.Tensor]:
-    """Six dev clips of the sample corpus, of different lengths."""
-    return [read_wav(s.wav_path) for s in load_samples([sample_corpus / "dev.csv"], ITALIAN)[:6]]
-
-
 def pad(clips: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     lengths = torch.tensor([c.numel() for c in clips])
     batch = torch.zeros(len(clips), int(lengths.max()))
@@ -65,8 +59,8 @@ def write_noise_folder(folder: Path) -> Path:
     return folder
 
 
-def test_all_off_returns_the_batch_and_draws_nothing(clips: list[torch.Tensor]) -> None:
-    waveforms, lengths = pad(clips)
+def test_all_off_returns_the_batch_and_draws_nothing(dev_waveforms: list[torch.Tensor]) -> None:
+    waveforms, lengths = pad(dev_waveforms)
     state = torch.get_rng_state()
     assert augment_waveforms(waveforms, lengths, AugmentOptions()) is waveforms
     assert torch.equal(torch.get_rng_state(), state)
@@ -77,8 +71,8 @@ def test_all_off_returns_the_batch_and_draws_nothing(clips: list[torch.Tensor]) 
     [AugmentOptions(noise=1), AugmentOptions(gain=1), AugmentOptions(reverb=1)],
     ids=["noise", "gain", "reverb"],
 )
-def test_shape_and_zero_padding_are_kept(clips: list[torch.Tensor], options: AugmentOptions) -> None:
-    waveforms, lengths = pad(clips)
+def test_shape_and_zero_padding_are_kept(dev_waveforms: list[torch.Tensor], options: AugmentOptions) -> None:
+    waveforms, lengths = pad(dev_waveforms)
     out = augment_waveforms(waveforms, lengths, options, generator=torch.Generator().manual_seed(0))
     assert out.shape == waveforms.shape
     for row, length in enumerate(lengths.tolist()):
@@ -86,8 +80,8 @@ def test_shape_and_zero_padding_are_kept(clips: list[torch.Tensor], options: Aug
         assert not torch.equal(out[row, :length], waveforms[row, :length])
 
 
-def test_probability_picks_a_share_of_the_utterances(clips: list[torch.Tensor]) -> None:
-    waveforms, lengths = pad(clips * 8)
+def test_probability_picks_a_share_of_the_utterances(dev_waveforms: list[torch.Tensor]) -> None:
+    waveforms, lengths = pad(dev_waveforms * 8)
     out = augment_waveforms(
         waveforms, lengths, AugmentOptions(gain=0.5), None, torch.Generator().manual_seed(0)
     )
@@ -107,8 +101,8 @@ def test_speed_perturbation_changes_the_duration_by_the_factor(sample_corpus: Pa
     assert ratios == {0.9, 1.1}
 
 
-def test_synthetic_noise_is_mixed_at_the_drawn_snr(clips: list[torch.Tensor]) -> None:
-    waveforms, lengths = pad(clips)
+def test_synthetic_noise_is_mixed_at_the_drawn_snr(dev_waveforms: list[torch.Tensor]) -> None:
+    waveforms, lengths = pad(dev_waveforms)
     generator = torch.Generator().manual_seed(0)
     fixed = augment_waveforms(waveforms, lengths, AugmentOptions(noise=1, snr_db=(12, 12)), None, generator)
     ranged = augment_waveforms(waveforms, lengths, AugmentOptions(noise=1, snr_db=(0, 30)), None, generator)
@@ -128,10 +122,12 @@ def test_synthetic_noise_is_white_pink_or_brown() -> None:
     assert set(colours.tolist()) == {0, 1, 2}
 
 
-def test_noise_folder_files_are_mixed_at_the_drawn_snr(clips: list[torch.Tensor], tmp_path: Path) -> None:
+def test_noise_folder_files_are_mixed_at_the_drawn_snr(
+    dev_waveforms: list[torch.Tensor], tmp_path: Path
+) -> None:
     bank = load_noise_bank(write_noise_folder(tmp_path / "noise"))
     assert bank.sizes.tolist() == [3200, 3200]  # 0.2 s, resampled to 16 kHz
-    waveforms, lengths = pad(clips * 2)
+    waveforms, lengths = pad(dev_waveforms * 2)
     options = AugmentOptions(noise=1, snr_db=(10, 10))
     out = augment_waveforms(waveforms, lengths, options, bank, torch.Generator().manual_seed(0))
     tonal = 0
@@ -161,8 +157,8 @@ def test_a_bad_noise_folder_is_a_one_line_error(tmp_path: Path) -> None:
         assert named in str(info.value) and "\n" not in str(info.value)
 
 
-def test_gain_is_exact_in_decibels(clips: list[torch.Tensor]) -> None:
-    waveforms, lengths = pad(clips)
+def test_gain_is_exact_in_decibels(dev_waveforms: list[torch.Tensor]) -> None:
+    waveforms, lengths = pad(dev_waveforms)
     gains = torch.tensor([-6.0, -3.0, 0.0, 1.5, 3.0, 6.0])
     out = apply_gain(waveforms, gains)
     for row, gain in enumerate(gains.tolist()):
@@ -173,7 +169,7 @@ def test_gain_is_exact_in_decibels(clips: list[torch.Tensor]) -> None:
     )
     factors = drawn.norm(dim=1) / waveforms.norm(dim=1)
     torch.testing.assert_close(drawn, waveforms * factors[:, None])  # one factor per utterance
-    assert (20 * factors.log10()).abs().max() <= 4 + 1e-4 and factors.unique().numel() == len(clips)
+    assert (20 * factors.log10()).abs().max() <= 4 + 1e-4 and factors.unique().numel() == len(dev_waveforms)
 
 
 def test_add_noise_measures_power_over_valid_samples_only() -> None:
@@ -202,13 +198,13 @@ def test_reverb_response_is_direct_sound_then_a_decaying_tail() -> None:
     assert 10 * math.log10(energy(0.05, 0.1) / energy(0.15, 0.2)) == pytest.approx(20, abs=3)
 
 
-def test_reverb_spreads_speech_into_the_silence_after_it(clips: list[torch.Tensor]) -> None:
+def test_reverb_spreads_speech_into_the_silence_after_it(dev_waveforms: list[torch.Tensor]) -> None:
     # Half a second of silence more after each clip's own, so the tail has room to decay within it.
-    speech = [torch.cat([c, torch.zeros(RATE // 2)]) for c in clips]
+    speech = [torch.cat([c, torch.zeros(RATE // 2)]) for c in dev_waveforms]
     waveforms, lengths = pad(speech)
     options = AugmentOptions(reverb=1, rt60=(0.3, 0.3))
     out = augment_waveforms(waveforms, lengths, options, generator=torch.Generator().manual_seed(0))
-    for row, clip in enumerate(clips):
+    for row, clip in enumerate(dev_waveforms):
         end, n = int(torch.nonzero(clip.abs() > 0.01).max()) + 1, int(lengths[row])  # end of the speech
         assert not out[row, n:].any()
         assert out[row, :n].norm() == pytest.approx(float(waveforms[row, :n].norm()), rel=1e-4)  # same level
@@ -219,9 +215,9 @@ def test_reverb_spreads_speech_into_the_silence_after_it(clips: list[torch.Tenso
         assert correlation > 0.5  # the direct sound is still there
 
 
-def test_spec_augment_probability(clips: list[torch.Tensor]) -> None:
+def test_spec_augment_probability(dev_waveforms: list[torch.Tensor]) -> None:
     featurizer = ContextMfcc()
-    waveforms, lengths = pad(clips * 4)
+    waveforms, lengths = pad(dev_waveforms * 4)
     features, frames = featurizer(waveforms, lengths)
     kept = SpecAugment(featurizer.frame_size, prob=0.0)(features, frames)
     assert torch.equal(kept, features)
@@ -238,9 +234,9 @@ def test_spec_augment_probability(clips: list[torch.Tensor]) -> None:
 
 @pytest.mark.parametrize("featurizer", [ContextMfcc(), LogMel()], ids=["mfcc-20ms", "logmel-10ms"])
 def test_spec_augment_widths_in_ms_hide_the_same_time_for_either_featurizer(
-    clips: list[torch.Tensor], featurizer: torch.nn.Module
+    dev_waveforms: list[torch.Tensor], featurizer: torch.nn.Module
 ) -> None:
-    waveforms, lengths = pad(clips)
+    waveforms, lengths = pad(dev_waveforms)
     features, frames = featurizer(waveforms, lengths)
     frame_ms = 1000 * featurizer.step_samples / RATE
     augment = SpecAugment.for_featurizer(
@@ -282,9 +278,9 @@ EVERYTHING = AugmentOptions(
 
 
 def test_the_batch_chain_keeps_shape_and_padding_follows_the_seed_and_draws_nothing_when_off(
-    clips: list[torch.Tensor],
+    dev_waveforms: list[torch.Tensor],
 ) -> None:
-    waveforms, lengths = pad(clips)
+    waveforms, lengths = pad(dev_waveforms)
     state = torch.get_rng_state()
     assert augment_batch(waveforms, lengths, AugmentOptions()) is waveforms
     assert torch.equal(torch.get_rng_state(), state)
@@ -297,13 +293,13 @@ def test_the_batch_chain_keeps_shape_and_padding_follows_the_seed_and_draws_noth
     assert torch.equal(out, again)
 
 
-def test_clip_transforms_are_those_turned_on(clips: list[torch.Tensor]) -> None:
+def test_clip_transforms_are_those_turned_on(dev_waveforms: list[torch.Tensor]) -> None:
     assert clip_transforms(AugmentOptions(speed=1.0, noise=1.0)) == []
     both = clip_transforms(EVERYTHING)
     assert [type(t).__name__ for t in both] == ["TempoPerturbation", "CodecRoundTrip"]
     torch.manual_seed(0)
-    out = both[0](clips[0])
-    assert out.numel() != clips[0].numel()  # tempo changes the length
+    out = both[0](dev_waveforms[0])
+    assert out.numel() != dev_waveforms[0].numel()  # tempo changes the length
 
 
 # --- in the training loop ----------------------------------------------------------------------------------
@@ -397,17 +393,20 @@ def test_a_feature_cache_refuses_audio_augmentation(sample_corpus: Path, tmp_pat
             train(options, ITALIAN)
 
 
-def test_settings_fill_the_train_options(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv("AUG_NOISE", "0.25")
-    monkeypatch.setenv("AUG_SNR_DB", "0,20")
-    monkeypatch.setenv("AUG_NOISE_DIR", str(tmp_path))
-    monkeypatch.setenv("AUG_VTLP", "0.3")
-    monkeypatch.setenv("AUG_TEMPO_RANGE", "0.8,1.25")
-    monkeypatch.setenv("AUG_CODECS", "mp3:16, opus:12")
-    monkeypatch.setenv("AUG_BABBLE", "0.2")
-    monkeypatch.setenv("AUG_SPEC_TIME_MS", "150")
-    monkeypatch.setenv("AVERAGE_CHECKPOINTS", "4")
-    settings, _ = load_settings(overrides={"aug_rt60": "0.2,0.9", "aug_pitch_semitones": "-2,4"})
+def test_settings_fill_the_train_options(tmp_path: Path) -> None:
+    environ = {
+        "AUG_NOISE": "0.25",
+        "AUG_SNR_DB": "0,20",
+        "AUG_NOISE_DIR": str(tmp_path),
+        "AUG_VTLP": "0.3",
+        "AUG_TEMPO_RANGE": "0.8,1.25",
+        "AUG_CODECS": "mp3:16, opus:12",
+        "AUG_BABBLE": "0.2",
+        "AUG_SPEC_TIME_MS": "150",
+        "AVERAGE_CHECKPOINTS": "4",
+    }
+    overrides = {"aug_rt60": "0.2,0.9", "aug_pitch_semitones": "-2,4"}
+    settings, _ = load_settings(overrides=overrides, environ=environ)
     options = train_options(settings, [], [], tmp_path)
     assert options.augment == AugmentOptions(
         noise=0.25,
@@ -433,10 +432,7 @@ def test_settings_fill_the_train_options(monkeypatch: pytest.MonkeyPatch, tmp_pa
         ("AUG_VTLP", "2", "AUG_VTLP must be a probability from 0 to 1"),
     ],
 )
-def test_a_bad_augmentation_setting_is_one_line(
-    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, expected: str
-) -> None:
-    monkeypatch.setenv(variable, value)
+def test_a_bad_augmentation_setting_is_one_line(variable: str, value: str, expected: str) -> None:
     with pytest.raises(DsitaError) as info:
-        load_settings()
+        load_settings(environ={variable: value})
     assert str(info.value).startswith(expected) and "\n" not in str(info.value)

@@ -40,26 +40,13 @@ from dsita.data.augmentation.speaker import (
 )
 from dsita.data.dataset import SpeechDataset, load_samples, read_wav
 from dsita.text.alphabet import Alphabet
+from tests.data.test_augment import pad
 
 ITALIAN = Alphabet.italian()
 RATE = 16000
 F0 = 150.0
 FORMANT = 1500.0
 SILENCE = 0.25  # seconds before and after the tone
-
-
-@pytest.fixture(scope="module")
-def clips(sample_corpus: Path) -> list[torch.Tensor]:
-    """Six dev clips of the sample corpus, of different lengths, peaks within [-1, 1]."""
-    return [read_wav(s.wav_path) for s in load_samples([sample_corpus / "dev.csv"], ITALIAN)[:6]]
-
-
-def pad(clips: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    lengths = torch.tensor([c.numel() for c in clips])
-    batch = torch.zeros(len(clips), int(lengths.max()))
-    for row, c in enumerate(clips):
-        batch[row, : c.numel()] = c
-    return batch, lengths
 
 
 def harmonic_tone(f0: float = F0, seconds: float = 1.0) -> torch.Tensor:
@@ -149,13 +136,18 @@ def assert_padding_zero(out: torch.Tensor, lengths: torch.Tensor) -> None:
 # --- speaker -----------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("semitones", [2.0, -3.0])
-def test_pitch_shift_moves_f0_and_keeps_the_formant_and_duration(semitones: float) -> None:
+# Three semitones down, two harmonics of the tone straddle bins of the STFT almost evenly, so which one is a
+# peak for the phase locking depends on rounding: the formant comes out 0.4 % high with 2 threads and 3.6 %
+# low with one (OMP_NUM_THREADS). The other shifts from -3 to +3 come out the same either way, within 3.2 %.
+@pytest.mark.parametrize(("semitones", "formant_tolerance"), [(2.0, 0.03), (-2.0, 0.03), (-3.0, 0.05)])
+def test_pitch_shift_moves_f0_and_keeps_the_formant_and_duration(
+    semitones: float, formant_tolerance: float
+) -> None:
     tone = harmonic_tone()
     out = pitch_shift(*one(tone), torch.tensor([semitones]))[0]
     assert out.shape == tone.shape
     assert f0_of(out) / F0 == pytest.approx(2 ** (semitones / 12), rel=0.005)  # +2: 12.2 % higher
-    assert formant_of(out) == pytest.approx(formant_of(tone), rel=0.03)
+    assert formant_of(out) == pytest.approx(formant_of(tone), rel=formant_tolerance)
     assert duration(out) == pytest.approx(duration(tone), abs=0.02)
 
 
@@ -189,8 +181,8 @@ def test_tempo_divides_the_duration_and_keeps_f0(factor: float) -> None:
     assert f0_of(out) == pytest.approx(F0, rel=0.005)
 
 
-def test_phase_vocoder_at_rate_one_gives_the_speech_back(clips: list[torch.Tensor]) -> None:
-    waveforms, lengths = pad(clips[:3])
+def test_phase_vocoder_at_rate_one_gives_the_speech_back(dev_waveforms: list[torch.Tensor]) -> None:
+    waveforms, lengths = pad(dev_waveforms[:3])
     same = time_stretch(waveforms, lengths, torch.ones(3))
     torch.testing.assert_close(same, waveforms, atol=1e-4, rtol=0)
     # A barely moved vocal tract keeps the spectrogram (the waveform drifts in phase), up to the smearing of
@@ -201,8 +193,10 @@ def test_phase_vocoder_at_rate_one_gives_the_speech_back(clips: list[torch.Tenso
         assert torch.corrcoef(torch.stack([before, after]))[0, 1] > 0.88
 
 
-def test_speaker_variation_on_a_batch_keeps_padding_and_follows_the_seed(clips: list[torch.Tensor]) -> None:
-    waveforms, lengths = pad(clips)
+def test_speaker_variation_on_a_batch_keeps_padding_and_follows_the_seed(
+    dev_waveforms: list[torch.Tensor],
+) -> None:
+    waveforms, lengths = pad(dev_waveforms)
     options = SpeakerOptions(vtlp=1, pitch=1, formant=1)
     out = speaker_waveforms(waveforms, lengths, options, torch.Generator().manual_seed(0))
     assert out.shape == waveforms.shape
@@ -216,8 +210,8 @@ def test_speaker_variation_on_a_batch_keeps_padding_and_follows_the_seed(clips: 
     assert not torch.equal(out, other)
 
 
-def test_speaker_probability_picks_a_share_and_off_draws_nothing(clips: list[torch.Tensor]) -> None:
-    waveforms, lengths = pad(clips * 4)
+def test_speaker_probability_picks_a_share_and_off_draws_nothing(dev_waveforms: list[torch.Tensor]) -> None:
+    waveforms, lengths = pad(dev_waveforms * 4)
     state = torch.get_rng_state()
     assert speaker_waveforms(waveforms, lengths, SpeakerOptions(tempo=1.0)) is waveforms
     assert torch.equal(torch.get_rng_state(), state)
@@ -243,9 +237,9 @@ def test_tempo_perturbation_in_the_dataset_draws_factors_in_the_range(sample_cor
 # --- channel: filters --------------------------------------------------------------------------------------
 
 
-def test_telephone_band_removes_what_is_outside_300_to_3400_hz(clips: list[torch.Tensor]) -> None:
-    waveforms, lengths = pad(clips)
-    count = len(clips)
+def test_telephone_band_removes_what_is_outside_300_to_3400_hz(dev_waveforms: list[torch.Tensor]) -> None:
+    waveforms, lengths = pad(dev_waveforms)
+    count = len(dev_waveforms)
     band = ChannelOptions(band_limit=1, band_low_hz=(300, 300), band_high_hz=(3400, 3400))
     out = channel_waveforms(waveforms, lengths, band, torch.Generator().manual_seed(0))
     assert_padding_zero(out, lengths)
@@ -261,8 +255,8 @@ def test_telephone_band_removes_what_is_outside_300_to_3400_hz(clips: list[torch
         assert band_db(waveforms[row, :n], out[row, :n], 400, 3000) == pytest.approx(0, abs=0.5)
 
 
-def test_8khz_round_trip_removes_the_upper_band_and_keeps_the_rest(clips: list[torch.Tensor]) -> None:
-    waveforms, lengths = pad(clips)
+def test_8khz_round_trip_removes_the_upper_band_and_keeps_the_rest(dev_waveforms: list[torch.Tensor]) -> None:
+    waveforms, lengths = pad(dev_waveforms)
     out = resample_round_trip(waveforms, lengths)
     assert_padding_zero(out, lengths)
     for row, n in enumerate(lengths.tolist()):
@@ -281,9 +275,9 @@ def test_biquads_have_their_gain_at_their_frequency() -> None:
     assert abs(decibels[2][0]) < 0.3 and decibels[2][3] == pytest.approx(-9.0, abs=0.1)
 
 
-def test_random_eq_filters_speech_by_its_response(clips: list[torch.Tensor]) -> None:
-    waveforms, lengths = pad(clips)
-    count = len(clips)
+def test_random_eq_filters_speech_by_its_response(dev_waveforms: list[torch.Tensor]) -> None:
+    waveforms, lengths = pad(dev_waveforms)
+    count = len(dev_waveforms)
     response = random_eq_response(count, 3, 8.0, torch.Generator().manual_seed(0), torch.device("cpu"))
     grid = torch.linspace(100, 7000, 200)
     decibels = 20 * response(grid).log10()
@@ -298,8 +292,8 @@ def test_random_eq_filters_speech_by_its_response(clips: list[torch.Tensor]) -> 
             assert measured == pytest.approx(expected, abs=1.0)
 
 
-def test_microphone_colouration_cuts_the_lowest_band(clips: list[torch.Tensor]) -> None:
-    waveforms, lengths = pad(clips)
+def test_microphone_colouration_cuts_the_lowest_band(dev_waveforms: list[torch.Tensor]) -> None:
+    waveforms, lengths = pad(dev_waveforms)
     out = channel_waveforms(waveforms, lengths, ChannelOptions(mic=1), torch.Generator().manual_seed(0))
     assert_padding_zero(out, lengths)
     for row, n in enumerate(lengths.tolist()):
@@ -319,9 +313,9 @@ def lag_of(reference: torch.Tensor, audio: torch.Tensor, search: int = 400) -> i
 
 
 @pytest.mark.parametrize("codec", list(CODECS))
-def test_codecs_keep_length_and_alignment(clips: list[torch.Tensor], codec: str) -> None:
+def test_codecs_keep_length_and_alignment(dev_waveforms: list[torch.Tensor], codec: str) -> None:
     lowest = f"{codec}:{CODEC_KBPS[codec][0]:g}"  # mp3:8, vorbis:23, opus:6
-    for audio in clips[:2]:  # two lengths: the delay removed does not depend on the clip
+    for audio in dev_waveforms[:2]:  # two lengths: the delay removed does not depend on the clip
         for spec in (lowest, f"{codec}:32"):
             out = codec_round_trip(audio, *parse_codec(spec))
             assert out.shape == audio.shape and out.dtype == torch.float32
@@ -331,22 +325,24 @@ def test_codecs_keep_length_and_alignment(clips: list[torch.Tensor], codec: str)
             assert not torch.equal(out, audio)
 
 
-def test_codec_transform_probability_and_seed(clips: list[torch.Tensor]) -> None:
+def test_codec_transform_probability_and_seed(dev_waveforms: list[torch.Tensor]) -> None:
     transform = CodecRoundTrip(ChannelOptions(codec=0.5, codecs=("vorbis:23",)))
     outputs = [
-        transform(clip, torch.Generator().manual_seed(seed)) for seed in range(8) for clip in clips[:1]
+        transform(clip, torch.Generator().manual_seed(seed))
+        for seed in range(8)
+        for clip in dev_waveforms[:1]
     ]
-    changed = sum(not torch.equal(out, clips[0]) for out in outputs)
+    changed = sum(not torch.equal(out, dev_waveforms[0]) for out in outputs)
     assert 1 <= changed <= 7
-    first = transform(clips[0], torch.Generator().manual_seed(3))
-    assert torch.equal(first, transform(clips[0], torch.Generator().manual_seed(3)))
+    first = transform(dev_waveforms[0], torch.Generator().manual_seed(3))
+    assert torch.equal(first, transform(dev_waveforms[0], torch.Generator().manual_seed(3)))
     state = torch.get_rng_state()
-    assert CodecRoundTrip(ChannelOptions())(clips[0]) is clips[0]
+    assert CodecRoundTrip(ChannelOptions())(dev_waveforms[0]) is dev_waveforms[0]
     assert torch.equal(torch.get_rng_state(), state)
 
 
-def test_mu_law_error_is_within_half_a_step(clips: list[torch.Tensor]) -> None:
-    waveforms, _ = pad(clips)
+def test_mu_law_error_is_within_half_a_step(dev_waveforms: list[torch.Tensor]) -> None:
+    waveforms, _ = pad(dev_waveforms)
     waveforms = waveforms / waveforms.abs().max()
     out = mu_law(waveforms)
     # Half a step (1/254) in the companded domain, times the expansion's slope at the step's top.
@@ -356,8 +352,8 @@ def test_mu_law_error_is_within_half_a_step(clips: list[torch.Tensor]) -> None:
     assert snr_db(waveforms, out) > 25  # about 38 dB on full-scale speech
 
 
-def test_clipping_level_is_exact(clips: list[torch.Tensor]) -> None:
-    waveforms, lengths = pad(clips)
+def test_clipping_level_is_exact(dev_waveforms: list[torch.Tensor]) -> None:
+    waveforms, lengths = pad(dev_waveforms)
     fraction = torch.tensor([0.001, 0.005, 0.01, 0.02, 0.05, 0.1])
     out = clip(waveforms, lengths, fraction)
     assert_padding_zero(out, lengths)
@@ -375,9 +371,9 @@ def crest_db(audio: torch.Tensor) -> float:
     return 20 * math.log10(float(audio.abs().max() / audio.square().mean().sqrt()))
 
 
-def test_compression_lowers_the_crest_factor_and_keeps_the_level(clips: list[torch.Tensor]) -> None:
-    waveforms, lengths = pad(clips)
-    count = len(clips)
+def test_compression_lowers_the_crest_factor_and_keeps_the_level(dev_waveforms: list[torch.Tensor]) -> None:
+    waveforms, lengths = pad(dev_waveforms)
+    count = len(dev_waveforms)
     out = compress(waveforms, lengths, torch.full((count,), -20.0), torch.full((count,), 6.0))
     assert_padding_zero(out, lengths)
     for row, n in enumerate(lengths.tolist()):
@@ -391,7 +387,7 @@ def test_compression_lowers_the_crest_factor_and_keeps_the_level(clips: list[tor
 # --- babble ------------------------------------------------------------------------------------------------
 
 
-def test_babble_mixes_other_utterances_at_the_snr(clips: list[torch.Tensor]) -> None:
+def test_babble_mixes_other_utterances_at_the_snr(dev_waveforms: list[torch.Tensor]) -> None:
     # Each utterance a tone of its own frequency: the babble under one holds the others' tones only.
     count = 8
     frequencies = 200.0 + 150.0 * torch.arange(count)
@@ -411,8 +407,8 @@ def test_babble_mixes_other_utterances_at_the_snr(clips: list[torch.Tensor]) -> 
         assert not present[row] and int(present.sum()) == int(talkers[row])
 
 
-def test_babble_of_real_clips_follows_the_seed(clips: list[torch.Tensor]) -> None:
-    waveforms, lengths = pad(clips)
+def test_babble_of_real_clips_follows_the_seed(dev_waveforms: list[torch.Tensor]) -> None:
+    waveforms, lengths = pad(dev_waveforms)
     options = ChannelOptions(babble=1, babble_snr_db=(10, 10))
     out = babble_waveforms(waveforms, lengths, options, torch.Generator().manual_seed(0))
     assert torch.equal(out, babble_waveforms(waveforms, lengths, options, torch.Generator().manual_seed(0)))
@@ -430,8 +426,10 @@ ALL_CHANNEL = ChannelOptions(
 )
 
 
-def test_channel_on_a_batch_keeps_shape_and_padding_and_follows_the_seed(clips: list[torch.Tensor]) -> None:
-    waveforms, lengths = pad(clips)
+def test_channel_on_a_batch_keeps_shape_and_padding_and_follows_the_seed(
+    dev_waveforms: list[torch.Tensor],
+) -> None:
+    waveforms, lengths = pad(dev_waveforms)
     out = channel_waveforms(waveforms, lengths, ALL_CHANNEL, torch.Generator().manual_seed(0))
     assert out.shape == waveforms.shape and out.abs().max() <= 1
     assert_padding_zero(out, lengths)
@@ -443,8 +441,8 @@ def test_channel_on_a_batch_keeps_shape_and_padding_and_follows_the_seed(clips: 
     )
 
 
-def test_channel_probability_picks_a_share_and_off_draws_nothing(clips: list[torch.Tensor]) -> None:
-    waveforms, lengths = pad(clips * 4)
+def test_channel_probability_picks_a_share_and_off_draws_nothing(dev_waveforms: list[torch.Tensor]) -> None:
+    waveforms, lengths = pad(dev_waveforms * 4)
     state = torch.get_rng_state()
     assert channel_waveforms(waveforms, lengths, ChannelOptions(codec=1.0)) is waveforms
     assert torch.equal(torch.get_rng_state(), state)

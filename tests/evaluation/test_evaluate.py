@@ -1,4 +1,5 @@
-"""`dsita evaluate` and the FAST_TRAIN smoke run through the command line, on the sample corpus."""
+"""`dsita evaluate` and the FAST_TRAIN smoke run through the command line, on the sample corpus; the
+evaluation of every architecture's logits."""
 
 from __future__ import annotations
 
@@ -10,14 +11,19 @@ from pathlib import Path
 
 import jiwer
 import numpy as np
+import pytest
 import torch
 
+from dsita.audio import load_audio
 from dsita.data.csvs import Sample, read_csv, write_csv
 from dsita.decoding.batch import BatchDecoder
 from dsita.decoding.greedy import greedy_text
 from dsita.evaluation.evaluate import evaluate_logits, model_logits, score
+from dsita.lm.scorer import load_scorer
+from dsita.model import architectures
 from dsita.text.alphabet import Alphabet
 from dsita.training.checkpoint import load_trained_model
+from tests.architectures import ITALIAN, tiny_model
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -77,23 +83,25 @@ def test_fast_train_then_evaluate_from_the_command_line(sample_corpus: Path, tmp
     assert f"test WER {report['wer']:.2%}" in evaluated.stdout
 
 
-def test_evaluation_matches_direct_model_output(sample_corpus: Path, tmp_path: Path) -> None:
-    from dsita.model.base import build_model, new_model_config
-
-    alphabet = Alphabet.italian()
-    torch.manual_seed(0)
-    model = build_model(new_model_config("deepspeech", len(alphabet) + 1, n_hidden=16)).eval()
+@pytest.mark.parametrize("architecture", architectures())
+def test_evaluation_matches_direct_model_output(
+    architecture: str, sample_corpus: Path, sample_scorer: Path
+) -> None:
+    model = tiny_model(architecture)
     samples = read_csv(sample_corpus / "test.csv")[:5]
-    logits = model_logits(model, samples, alphabet, torch.device("cpu"), batch_size=2)
-    report = evaluate_logits(samples, logits, BatchDecoder(alphabet))
-    from dsita.audio import load_audio
-
-    for sample, result in zip(samples, report.samples, strict=True):
+    logits = model_logits(model, samples, ITALIAN, torch.device("cpu"), batch_size=2)
+    report = evaluate_logits(samples, logits, BatchDecoder(ITALIAN))
+    assert report.decoder == "greedy"
+    for sample, result, batched in zip(samples, report.samples, logits, strict=True):
         audio = torch.from_numpy(load_audio(sample.wav_path))[None]
         with torch.no_grad():
             features, lengths = model.featurizer(audio, torch.tensor([audio.shape[1]]))
-            logits = model(features, lengths).logits[0].numpy()
-        assert result.hypothesis == greedy_text(logits, alphabet)
+            alone = model(features, lengths).logits[0].numpy()
+        assert len(batched) == len(alone) == int(model.output_lengths(lengths)[0])
+        assert result.hypothesis == greedy_text(alone, ITALIAN)
+    with BatchDecoder(ITALIAN, load_scorer(sample_scorer), 1) as decoder:
+        with_lm = evaluate_logits(samples, logits, decoder)
+    assert with_lm.decoder.startswith("beam search") and len(with_lm.samples) == len(samples)
 
 
 def test_unencodable_csv_stops_the_cli_with_one_line(sample_corpus: Path, tmp_path: Path) -> None:

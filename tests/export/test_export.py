@@ -1,4 +1,5 @@
-"""`dsita export`: ONNX graphs (fp32, int8), their metadata, the model card and the four release files."""
+"""`dsita export`: ONNX graphs (fp32, int8) of every architecture, their metadata, the model card and the four
+release files."""
 
 from __future__ import annotations
 
@@ -17,14 +18,14 @@ import pytest
 import torch
 import yaml
 
-from dsita.audio import feature_metadata
+from dsita.audio import feature_metadata, load_audio
 from dsita.data.csvs import read_csv
 from dsita.decoding.greedy import greedy_text
 from dsita.errors import DsitaError
 from dsita.evaluation.evaluate import score
 from dsita.export.card import ModelInfo
 from dsita.export.ds_scorer import deepspeech_weights
-from dsita.export.onnx import StreamingGraph
+from dsita.export.onnx import StreamingGraph, onnx_graph, parity_error
 from dsita.export.release import (
     RELEASE_CHECKPOINT,
     RELEASE_FP32,
@@ -33,13 +34,15 @@ from dsita.export.release import (
     make_release,
     write_zip,
 )
+from dsita.inference.features import NumpyLogMel
 from dsita.inference.model import onnx_session
-from dsita.inference.package import INPUT, STATE_C_IN, STATE_H_IN
+from dsita.inference.package import INPUT, LENGTHS_IN, STATE_C_IN, STATE_H_IN, open_package
 from dsita.lm.scorer import load_scorer
 from dsita.settings import Settings
 from dsita.settings.options import model_info
 from dsita.text.alphabet import Alphabet
 from dsita.training.checkpoint import load_trained_model as load_checkpoint_model
+from tests.architectures import Exported
 
 SMALL_MODEL = Path(__file__).parents[1] / "fixtures" / "small_model.pt"
 SCORER_MEMBERS = {"scorer/manifest.json", "scorer/lm.binary", "scorer/vocabulary.txt", "scorer/alphabet.txt"}
@@ -115,6 +118,23 @@ def test_fp32_graph_matches_torch_with_dynamic_batch_time_and_state(
     np.testing.assert_allclose(np.concatenate([first[0], second[0]], axis=1), got[0], atol=1e-5, rtol=0)
 
 
+def test_fp32_graph_matches_torch_with_dynamic_batch_and_time(exported: Exported) -> None:
+    fp32_package = open_package(exported.release / RELEASE_FP32)  # unpacked while it is referenced
+    fp32 = fp32_package.model_path
+    model, _ = load_checkpoint_model(exported.checkpoint)
+    graph = onnx_graph(model)
+    inputs = onnx.load(fp32).graph.input
+    dims = [[d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in inputs]
+    assert [i.name for i in inputs] == list(graph.input_names) and inputs[0].name == INPUT
+    assert dims[0] == ["batch", "time", model.featurizer.n_features] and all(d[0] == "batch" for d in dims)
+    meta = {p.key: p.value for p in onnx.load(fp32).metadata_props}
+    features = feature_metadata(model.config.FEATURES)
+    assert meta["architecture"] == exported.architecture and meta["features"] == model.config.FEATURES
+    assert {k: v if isinstance(v, str) else json.loads(meta[k]) for k, v in features.items()} == features
+    for batch, steps in ((1, 5), (4, 123)):
+        assert parity_error(graph, fp32, batch, steps) < 1e-4
+
+
 def test_int8_graph_stores_every_weight_matrix_in_int8(small_release: Path, tmp_path: Path) -> None:
     int8, fp32 = unpack(small_release, tmp_path)
     model = onnx.load(int8)
@@ -126,6 +146,32 @@ def test_int8_graph_stores_every_weight_matrix_in_int8(small_release: Path, tmp_
     assert len(matrices) == 7  # layers 1, 2, 3, 5 and 6, the LSTM's input and recurrent weights
     assert all(i.data_type == onnx.TensorProto.INT8 for i in matrices)
     assert int8.stat().st_size < fp32.stat().st_size / 3
+
+
+def test_conformer_graphs_take_lengths_and_run_int8_close_to_fp32(
+    conformer_release: Path, test_clips: list[Path]
+) -> None:
+    int8_package = open_package(conformer_release / RELEASE_ZIP)
+    fp32_package = open_package(conformer_release / RELEASE_FP32)
+    int8, fp32 = int8_package.model_path, fp32_package.model_path
+    inputs = onnx.load(fp32).graph.input
+    assert [i.name for i in inputs] == [INPUT, LENGTHS_IN]
+    assert [[d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in inputs] == [
+        ["batch", "time", 80],
+        ["batch"],
+    ]
+    graph = onnx.load(int8).graph
+    weights = {i.name for i in graph.initializer}
+    matmuls = [node for node in graph.node if node.op_type in ("MatMul", "MatMulInteger")]
+    # Every linear layer is int8; the float MatMuls left are attention's, between activations.
+    assert all(node.op_type == "MatMulInteger" for node in matmuls if set(node.input) & weights)
+    assert sum(node.op_type == "MatMulInteger" for node in matmuls) == 18  # 1 + 2 blocks x (2 + 2 + 2 + 2)
+    assert int8.stat().st_size < fp32.stat().st_size
+    features = NumpyLogMel().features(load_audio(test_clips[0]))[None]
+    feed = {INPUT: features, LENGTHS_IN: np.array([features.shape[1]])}
+    exact, quantized = (onnx_session(path).run(None, feed)[0][0] for path in (fp32, int8))
+    assert np.abs(exact - quantized).max() < 0.5
+    assert (exact.argmax(-1) == quantized.argmax(-1)).mean() > 0.9
 
 
 def test_metadata_and_model_card(small_release: Path, sample_scorer: Path, tmp_path: Path) -> None:

@@ -1,4 +1,5 @@
-"""Inference without torch: numpy features, the VAD segmenter, word times, streaming and long audio."""
+"""Inference without torch: numpy features, the VAD segmenter, word times, streaming and long audio; without
+torch and with the packaged scorer for every architecture."""
 
 from __future__ import annotations
 
@@ -16,7 +17,6 @@ import soxr
 import torch
 
 from dsita.audio import SAMPLE_RATE, iter_audio, load_audio
-from dsita.data.csvs import read_csv
 from dsita.decoding.align import align
 from dsita.decoding.greedy import GreedyDecoder
 from dsita.decoding.transcript import Transcript
@@ -26,6 +26,7 @@ from dsita.inference.model import InferenceOptions, SpeechModel, load_model
 from dsita.inference.vad import FRAME, Segmenter, VadOptions
 from dsita.inference.vad import segments as vad_segments
 from dsita.model.features import ContextMfcc
+from tests.architectures import Exported
 
 GREEDY = InferenceOptions(use_lm=False)
 
@@ -33,11 +34,6 @@ GREEDY = InferenceOptions(use_lm=False)
 @pytest.fixture(scope="module")
 def greedy_model(small_release: Path) -> SpeechModel:
     return load_model(small_release / RELEASE_ZIP, GREEDY)
-
-
-@pytest.fixture(scope="module")
-def test_clips(sample_corpus: Path) -> list[Path]:
-    return [s.wav_path for s in read_csv(sample_corpus / "test.csv")]
 
 
 def with_pauses(clips: list[Path], pause_s: float) -> tuple[np.ndarray, list[tuple[int, int]]]:
@@ -135,10 +131,8 @@ def test_greedy_words_and_alignment(greedy_model: SpeechModel, test_clips: list[
     assert align(logits[:3], transcript.text, alphabet, 0.02).words == ()  # too few frames to hold the text
 
 
-def test_inference_needs_no_torch(
-    small_release: Path, test_clips: list[Path], greedy_model: SpeechModel
-) -> None:
-    package, clip = str(small_release / RELEASE_ZIP), str(test_clips[0])
+def test_inference_needs_no_torch(exported: Exported, test_clips: list[Path]) -> None:
+    package, clip = str(exported.release / RELEASE_ZIP), str(test_clips[0])
     script = (
         "import sys\n"
         "sys.modules['torch'] = None  # any import of torch now fails\n"
@@ -149,7 +143,7 @@ def test_inference_needs_no_torch(
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     with_lm, greedy = result.stdout.splitlines()
-    assert greedy == greedy_model.transcribe(test_clips[0]).text
+    assert greedy == load_model(package, GREEDY).transcribe(clip).text
     assert with_lm != ""
 
 
@@ -174,16 +168,22 @@ def test_stream_equals_whole_file(greedy_model: SpeechModel, test_clips: list[Pa
     assert stream.finish() == greedy_model.transcribe(pcm)
 
 
-def test_beam_search_with_the_packaged_scorer(small_release: Path, test_clips: list[Path]) -> None:
+def test_beam_search_with_the_packaged_scorer(exported: Exported, test_clips: list[Path]) -> None:
+    model = load_model(exported.release / RELEASE_ZIP, InferenceOptions(beam_width=16))
+    assert model.decoding.startswith("beam search (width 16")
+    vocabulary = set(model.decoder.beam.scorer.vocabulary())  # type: ignore[attr-defined]
+    for clip in test_clips[:3]:
+        transcript = model.transcribe(clip)
+        assert transcript.text and set(transcript.text.split()) <= vocabulary
+        assert [w.word for w in transcript.words] == transcript.text.split()
+
+
+def test_a_beam_search_stream_equals_the_whole_file(small_release: Path, test_clips: list[Path]) -> None:
     model = load_model(small_release / RELEASE_ZIP, InferenceOptions(beam_width=50))
     assert model.decoding.startswith("beam search (width 50")
-    transcript = model.transcribe(test_clips[0])
-    vocabulary = set(model.decoder.beam.scorer.vocabulary())  # type: ignore[attr-defined]
-    assert transcript.text and set(transcript.text.split()) <= vocabulary
-    assert [w.word for w in transcript.words] == transcript.text.split()
     stream = model.stream()
     stream.feed(load_audio(test_clips[0]))
-    assert stream.finish() == transcript
+    assert stream.finish() == model.transcribe(test_clips[0])
 
 
 def test_long_audio_is_cut_in_the_pauses_and_stitched(

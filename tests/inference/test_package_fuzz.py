@@ -154,6 +154,7 @@ def inputs(real: Real) -> st.SearchStrategy[tuple[str, bytes]]:
     )
 
 
+@pytest.mark.slow
 def test_the_loader_gives_one_line_errors_or_the_right_transcript(real: Real, private_tmp: Path) -> None:
     work = private_tmp.parent / "fuzz-inputs"
     work.mkdir(exist_ok=True)

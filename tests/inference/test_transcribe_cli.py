@@ -36,11 +36,6 @@ def dsita(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess
     )
 
 
-@pytest.fixture(scope="module")
-def clips(sample_corpus: Path) -> list[Path]:
-    return [s.wav_path for s in read_csv(sample_corpus / "test.csv")][:2]
-
-
 def bad_audio(folder: Path) -> dict[str, Path]:
     folder.mkdir(exist_ok=True)
     files = {
@@ -56,14 +51,15 @@ def bad_audio(folder: Path) -> dict[str, Path]:
 
 
 def test_bad_files_get_one_error_line_each_and_the_rest_is_transcribed(
-    small_release: Path, clips: list[Path], tmp_path: Path
+    small_release: Path, test_clips: list[Path], tmp_path: Path
 ) -> None:
     bad = bad_audio(tmp_path)
-    args = [str(clips[0]), *map(str, bad.values()), str(clips[1])]
+    args = [str(test_clips[0]), *map(str, bad.values()), str(test_clips[1])]
     result = dsita("transcribe", *args, "--model", str(small_release / RELEASE_ZIP), "--no-lm")
     assert result.returncode == 1
     model = load_model(small_release / RELEASE_ZIP, InferenceOptions(use_lm=False))
-    assert result.stdout.splitlines() == [f"{clip}: {model.transcribe(clip).text}" for clip in clips]
+    good = test_clips[:2]
+    assert result.stdout.splitlines() == [f"{clip}: {model.transcribe(clip).text}" for clip in good]
     errors = result.stderr.splitlines()
     assert len(errors) == len(bad)
     for line, path in zip(errors, bad.values(), strict=True):
@@ -71,15 +67,14 @@ def test_bad_files_get_one_error_line_each_and_the_rest_is_transcribed(
     assert "is empty" in errors[1] and "no samples" in errors[2] and "not found" in errors[3]
 
 
-def test_json_has_word_times_and_confidence(small_release: Path, clips: list[Path]) -> None:
-    result = dsita(
-        "transcribe", str(clips[0]), "--model", str(small_release / RELEASE_FP32), "--json", "--beam", "20"
-    )
+def test_json_has_word_times_and_confidence(small_release: Path, test_clips: list[Path]) -> None:
+    clip, model = test_clips[0], str(small_release / RELEASE_FP32)
+    result = dsita("transcribe", str(clip), "--model", model, "--json", "--beam", "20")
     assert result.returncode == 0, result.stderr
     record = json.loads(result.stdout)
-    assert record["file"] == str(clips[0])
+    assert record["file"] == str(clip)
     assert [w["word"] for w in record["words"]] == record["text"].split() != []
-    duration = sf.info(clips[0]).duration
+    duration = sf.info(clip).duration
     for word in record["words"]:
         assert 0 <= word["start"] < word["end"] <= duration + 0.02
         assert 0 < word["confidence"] <= 1
@@ -266,26 +261,26 @@ def test_output_formats_on_the_sample_and_a_long_recording(
     assert (out / f"{tests[0].stem}.txt").read_text() == model.transcribe(tests[0]).to_txt()
 
 
-def test_output_format_details(small_release: Path, clips: list[Path], tmp_path: Path) -> None:
-    model = str(small_release / RELEASE_ZIP)
+def test_output_format_details(small_release: Path, test_clips: list[Path], tmp_path: Path) -> None:
+    model, clip = str(small_release / RELEASE_ZIP), test_clips[0]
     # --output-format alone writes into the current folder, as whisper does; --json still prints its line.
     result = subprocess.run(
-        [*DSITA, "transcribe", str(clips[0]), "--model", model, "--no-lm", "-f", "srt", "--json"],
+        [*DSITA, "transcribe", str(clip), "--model", model, "--no-lm", "-f", "srt", "--json"],
         capture_output=True, text=True, cwd=tmp_path, check=False, timeout=120,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    assert (tmp_path / f"{clips[0].stem}.srt").is_file() and not (tmp_path / f"{clips[0].stem}.txt").exists()
-    assert json.loads(result.stdout)["file"] == str(clips[0])
-    twin = tmp_path / "other" / clips[0].name
+    assert (tmp_path / f"{clip.stem}.srt").is_file() and not (tmp_path / f"{clip.stem}.txt").exists()
+    assert json.loads(result.stdout)["file"] == str(clip)
+    twin = tmp_path / "other" / clip.name
     twin.parent.mkdir()
-    twin.write_bytes(clips[0].read_bytes())
-    clash = dsita("transcribe", str(clips[0]), str(twin), "--model", model, "-o", str(tmp_path / "o"))
+    twin.write_bytes(clip.read_bytes())
+    clash = dsita("transcribe", str(clip), str(twin), "--model", model, "-o", str(tmp_path / "o"))
     assert clash.returncode == 2 and not (tmp_path / "o").exists()
     assert clash.stderr.splitlines() == [
-        f"error: {clips[0]} and {twin} would both be written as {tmp_path / 'o' / clips[0].stem}.*: "
+        f"error: {clip} and {twin} would both be written as {tmp_path / 'o' / clip.stem}.*: "
         "transcribe them into different --output-dir folders"
     ]
-    bad = dsita("transcribe", str(clips[0]), "--model", model, "--output-format", "docx")
+    bad = dsita("transcribe", str(clip), "--model", model, "--output-format", "docx")
     assert bad.returncode == 2
     assert bad.stderr.splitlines() == [
         "error: --output-format docx: expected one of txt, vtt, srt, tsv, json, or all"

@@ -1,15 +1,17 @@
-"""DeepSpeech 0.9 / TF-style MFCC features and context windows."""
+"""DeepSpeech 0.9 / TF-style MFCC features and context windows, and the conformer's log-mels."""
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from dsita.audio import N_INPUT, N_MFCC, SAMPLE_RATE
-from dsita.model.features import ContextMfcc, Mfcc, context_windows, n_frames
+from dsita.audio import N_INPUT, N_MFCC, SAMPLE_RATE, load_audio
+from dsita.inference.features import NumpyLogMel
+from dsita.model.features import ContextMfcc, LogMel, Mfcc, context_windows, n_frames
 
 
 def reference_mfcc(signal: np.ndarray) -> np.ndarray:
@@ -169,3 +171,29 @@ def test_featurizer_has_no_parameters_or_state() -> None:
     featurizer = ContextMfcc()
     assert list(featurizer.parameters()) == []
     assert featurizer.state_dict() == {}
+
+
+def test_numpy_log_mels_match_torch(test_clips: list[Path]) -> None:
+    audio = load_audio(test_clips[0])
+    got = NumpyLogMel().features(audio)
+    featurizer = LogMel()
+    assert featurizer.frame_size == featurizer.n_features == 80
+    features, lengths = featurizer(torch.from_numpy(audio)[None])  # float32 input, as training feeds it
+    assert features.dtype == torch.float32 and got.shape == features.shape[1:] == (int(lengths[0]), 80)
+    np.testing.assert_allclose(got, features[0].numpy(), atol=1e-5, rtol=0)
+    # Normalised per channel over the utterance.
+    np.testing.assert_allclose(got.mean(axis=0), 0.0, atol=1e-4)
+    np.testing.assert_allclose(got.std(axis=0), 1.0, atol=1e-3)
+
+
+def test_log_mels_ignore_padding() -> None:
+    rng = np.random.default_rng(0)
+    short, long = (rng.standard_normal(n).astype(np.float32) * 0.1 for n in (5_000, 9_123))
+    batch = torch.zeros(2, long.size)
+    batch[0, : short.size], batch[1] = torch.from_numpy(short), torch.from_numpy(long)
+    batch[0, short.size :] = 0.7  # whatever sits in the padding
+    features, lengths = LogMel()(batch, torch.tensor([short.size, long.size]))
+    assert lengths.tolist() == [1 + (5_000 - 400) // 160, 1 + (9_123 - 400) // 160]
+    alone, _ = LogMel()(torch.from_numpy(short)[None])
+    torch.testing.assert_close(features[0, : lengths[0]], alone[0], rtol=0, atol=1e-6)
+    assert (features[0, lengths[0] :] == 0).all()

@@ -1,4 +1,4 @@
-"""The DeepSpeech 0.9 acoustic model and the architecture seam."""
+"""The DeepSpeech 0.9 acoustic model, and the architecture seam for every registered architecture."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from dsita.audio import N_INPUT
+from dsita.audio import N_INPUT, SAMPLE_RATE
 from dsita.errors import DsitaError
 from dsita.model import (
     AcousticModel,
@@ -22,6 +22,7 @@ from dsita.model import (
     model_config_to_dict,
     new_model_config,
 )
+from tests.architectures import N_OUTPUTS, tiny_model
 
 
 def tiny(n_hidden: int = 32, n_outputs: int = 6, dropout: float = 0.0, seed: int = 0) -> DeepSpeech:
@@ -124,34 +125,68 @@ def test_streaming_chunks_equal_one_pass() -> None:
         torch.testing.assert_close(carried, final, rtol=1e-5, atol=1e-5)
 
 
-def test_padded_items_match_items_alone() -> None:
-    model = tiny()
-    lengths = [12, 5, 9, 0]
-    batch = torch.randn(4, 12, N_INPUT) * 5  # the padding is garbage on purpose
+@pytest.mark.parametrize("architecture", architectures())
+def test_output_lengths_are_exact_for_every_length(architecture: str) -> None:
+    model = tiny_model(architecture)
+    n_features = model.featurizer.n_features
+    # Feature frames an output step spans: DeepSpeech's 20 ms frames one each, the conformer's 10 ms four.
+    frames_per_step = round(model.config.OUTPUT_STEP_SECONDS * SAMPLE_RATE / model.featurizer.step_samples)
+    with torch.no_grad():
+        for steps in range(1, 42):
+            out = model(torch.randn(1, steps, n_features))
+            assert out.logits.shape[1] == out.lengths.item() == model.output_lengths(torch.tensor(steps))
+            assert out.lengths.item() == -(-steps // frames_per_step)
+        empty = model(torch.zeros(2, 0, n_features))
+    assert empty.logits.shape == (2, 0, N_OUTPUTS) and empty.lengths.tolist() == [0, 0]
+
+
+@pytest.mark.parametrize("architecture", architectures())
+def test_padded_items_match_items_alone(architecture: str) -> None:
+    model = tiny_model(architecture)
+    lengths = [57, 33, 9, 1, 0]
+    batch = torch.randn(5, 57, model.featurizer.n_features) * 5  # the padding is garbage on purpose
     with torch.no_grad():
         out = model(batch, torch.tensor(lengths))
-        assert out.lengths.tolist() == lengths
+        assert out.lengths.tolist() == model.output_lengths(torch.tensor(lengths)).tolist()
         for i, n in enumerate(lengths):
             alone = model(batch[i : i + 1, :n])
-            torch.testing.assert_close(out.logits[i, :n], alone.logits[0], rtol=1e-5, atol=1e-5)
+            steps = int(out.lengths[i])
+            torch.testing.assert_close(out.logits[i, :steps], alone.logits[0], rtol=0, atol=1e-5)
+            # A recurrent state is (layers, batch, units): each item's row is its own.
             for batched, single in zip(out.state, alone.state, strict=True):
-                torch.testing.assert_close(batched[:, i], single[:, 0], rtol=1e-5, atol=1e-5)
-    assert (out.state[0][:, 3] == 0).all()  # an empty item keeps its initial state
+                torch.testing.assert_close(batched[:, i], single[:, 0], rtol=0, atol=1e-5)
+    for final, initial in zip(out.state, model.initial_state(len(lengths)), strict=True):
+        assert torch.equal(final[:, -1], initial[:, -1])  # an empty item keeps its initial state
 
 
-def test_config_round_trip_rebuilds_the_same_model() -> None:
-    model = tiny(n_hidden=16, n_outputs=9, dropout=0.25)
+@pytest.mark.parametrize("architecture", architectures())
+def test_config_round_trip_rebuilds_the_same_model(architecture: str) -> None:
+    model = tiny_model(architecture, dropout=0.25)
     stored = json.loads(json.dumps(model_config_to_dict(model.config)))
-    assert stored["architecture"] == "deepspeech" and "deepspeech" in architectures()
+    assert stored["architecture"] == architecture
     config = model_config_from_dict(stored)
     assert config == model.config
     rebuilt = build_model(config)
     assert isinstance(rebuilt, AcousticModel)
     rebuilt.load_state_dict(model.state_dict())
-    rebuilt.eval()
-    features = torch.randn(1, 5, N_INPUT)
+    features = torch.randn(2, 23, model.featurizer.n_features)
     with torch.no_grad():
-        torch.testing.assert_close(rebuilt(features).logits, model(features).logits)
+        torch.testing.assert_close(rebuilt.eval()(features).logits, model(features).logits)
+    modules = dict(model.named_modules())
+    assert all(name in modules for name in model.transfer_layers)
+
+
+@pytest.mark.parametrize("architecture", architectures())
+def test_mixed_precision_runs_and_every_parameter_learns(architecture: str) -> None:
+    """What AMP does on a GPU, in bfloat16 on the CPU; DDP also needs a gradient for every parameter."""
+    model = tiny_model(architecture, dropout=0.1).train()
+    waveforms = torch.randn(3, 16_000) * 0.1
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        features, lengths = model.featurizer(waveforms, torch.tensor([16_000, 12_000, 5_000]))
+        out = model(features, lengths)
+    assert features.dtype == torch.float32 and out.logits.dtype == torch.bfloat16
+    out.logits.float().sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
 
 
 def test_new_model_config_and_transfer_layers() -> None:
@@ -213,10 +248,11 @@ def test_ctc_training_steps_reduce_the_loss() -> None:
 
 
 @pytest.mark.gpu  # skipped without CUDA (tests/conftest.py)
-def test_cuda_matches_cpu() -> None:
-    model = tiny()
-    waveforms = torch.randn(3, 7000) * 0.1
-    lengths = torch.tensor([7000, 5000, 2000])
+@pytest.mark.parametrize("architecture", architectures())
+def test_cuda_matches_cpu(architecture: str) -> None:
+    model = tiny_model(architecture)
+    waveforms = torch.randn(3, 9_000) * 0.1
+    lengths = torch.tensor([9_000, 6_000, 2_000])
     with torch.no_grad():
         expected = model(*model.featurizer(waveforms, lengths))
         gpu = model.cuda()

@@ -27,6 +27,8 @@ from dotenv import dotenv_values
 import dsita
 from dsita.data.csvs import read_csv
 from dsita.errors import DsitaError
+from dsita.export.release import RELEASE_ZIP
+from dsita.inference.model import SpeechModel
 from dsita.pipeline import RunOptions
 from dsita.pipeline.state import LOCK_FILE, MANIFEST_FILE, run_lock
 from dsita.settings import Settings
@@ -115,7 +117,9 @@ class FastRuns:
 
 @pytest.fixture(scope="module")
 def fast_runs(tmp_path_factory: pytest.TempPathFactory) -> FastRuns:
-    """The image's entrypoint with env_files/fast_dev.env on an empty DATA_DIR, then three more runs on it."""
+    """The image's entrypoint with env_files/fast_dev.env on an empty DATA_DIR, then three more runs on it.
+
+    The four runs take 30-45 s, so every test that uses them is marked slow."""
     data_dir = tmp_path_factory.mktemp("fast") / "mnt"
     data_dir.mkdir()
     first = ok(docker_run(data_dir, "fast_dev.env", DSITA_PROGRESS_INTERVAL_S="0"))  # a progress line a step
@@ -128,6 +132,7 @@ def fast_runs(tmp_path_factory: pytest.TempPathFactory) -> FastRuns:
     return FastRuns(data_dir, first, first_manifest, first_release, again, tuned, forced)
 
 
+@pytest.mark.slow
 def test_fast_dev_run_writes_the_release_files_and_a_model_that_transcribes(fast_runs: FastRuns) -> None:
     data_dir, result = fast_runs.data_dir, fast_runs.first
     for name in RELEASE:
@@ -148,6 +153,7 @@ def test_fast_dev_run_writes_the_release_files_and_a_model_that_transcribes(fast
     assert not (data_dir / LOCK_FILE).exists()
 
 
+@pytest.mark.slow
 def test_the_summary_reports_hours_results_artifacts_and_step_times(fast_runs: FastRuns) -> None:
     data_dir, stdout = fast_runs.data_dir, fast_runs.first.stdout
     hours = fast_runs.first_manifest["import"]["report"]["hours"]
@@ -170,6 +176,7 @@ def test_the_summary_reports_hours_results_artifacts_and_step_times(fast_runs: F
     assert (data_dir / "logs" / "summary.txt").read_text().count("│") > 20
 
 
+@pytest.mark.slow
 def test_logs_are_plain_lines_with_progress_and_no_quantizer_chatter(fast_runs: FastRuns) -> None:
     """Outside a terminal (here a pipe; Docker logs, CI, nohup) log lines are not wrapped at 80 columns, long
     work logs progress lines (every 30 s; DSITA_PROGRESS_INTERVAL_S=0 here), and onnxruntime's quantizer
@@ -192,11 +199,13 @@ def test_logs_are_plain_lines_with_progress_and_no_quantizer_chatter(fast_runs: 
         assert "Quantization parameters" not in text and "Performing symbolic shape inference" not in text
 
 
+@pytest.mark.slow
 def test_a_second_run_finds_every_step_up_to_date(fast_runs: FastRuns) -> None:
     for step in ("import", "lm", "train", "test", "export", "package"):
         assert status(fast_runs.again, step) == "up to date"
 
 
+@pytest.mark.slow
 def test_a_new_setting_reruns_its_step_and_the_later_ones_only(fast_runs: FastRuns) -> None:
     tuned, steps = fast_runs.tuned, manifest(fast_runs.data_dir)
     for step in ("import", "lm", "train", "test", "export"):
@@ -209,6 +218,7 @@ def test_a_new_setting_reruns_its_step_and_the_later_ones_only(fast_runs: FastRu
     assert f"lm_alpha: {report['alpha']}" in card  # re-exported with the tuned weights, and packaged
 
 
+@pytest.mark.slow
 def test_steps_and_force_choose_what_runs(fast_runs: FastRuns) -> None:
     forced = fast_runs.forced
     assert status(forced, "export") == "ran"
@@ -221,6 +231,7 @@ def test_steps_and_force_choose_what_runs(fast_runs: FastRuns) -> None:
         RunOptions.parse("import", ["lm"], progress=False)
 
 
+@pytest.mark.slow
 def test_a_run_killed_during_training_finishes_without_redoing_import_or_lm(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     slower = {"EPOCHS": "3", "CHECKPOINT_SECS": "1"}  # the same settings in both runs
@@ -251,6 +262,41 @@ def test_a_run_killed_during_training_finishes_without_redoing_import_or_lm(tmp_
     assert all((data_dir / name).is_file() for name in RELEASE)
 
 
+@pytest.mark.slow
+def test_dsita_run_trains_tests_and_ships_a_conformer(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    ok(dsita_run(data_dir, MODEL="conformer"))
+    report = manifest(data_dir)["train"]["report"]
+    assert report["architecture"] == "conformer" and report["d_model"] == 48  # FAST_TRAIN's tiny preset
+    assert json.loads((data_dir / "checkpoints" / "test_report_lm.json").read_text())["samples"]
+    speech = dsita.load_model(data_dir / RELEASE_ZIP)
+    assert isinstance(speech, SpeechModel) and speech.decoding.startswith("beam search")
+    speech.transcribe(read_csv(data_dir / "extracted" / "test.csv")[0].wav_path)
+
+    # Another architecture does not resume this run: the step says what is there and what was asked.
+    other = dsita_run(data_dir, "--steps", "train", MODEL="deepspeech")
+    assert other.returncode == 2
+    message = other.stderr.strip().splitlines()[-1]
+    assert (
+        "holds a run of conformer with" in message
+        and "this run trains deepspeech with n_hidden=64" in message
+    )
+
+    # A DeepSpeech TensorFlow checkpoint cannot start a conformer: refused before anything is imported.
+    refused = dsita_run(
+        tmp_path / "transfer",
+        MODEL="conformer",
+        TRANSFER_LEARNING="1",
+        TRANSFER_CHECKPOINT_DIR=str(REPO / "tests" / "fixtures" / "tf_checkpoint"),
+    )
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert (
+        "step checks" in refused.stderr.splitlines()[-1]
+        and "MODEL=conformer" in refused.stderr.splitlines()[-1]
+    )
+    assert sorted(p.name for p in (tmp_path / "transfer").iterdir()) == ["logs"]
+
+
 def test_a_second_run_on_a_locked_data_dir_is_refused(tmp_path: Path) -> None:
     with run_lock(tmp_path):
         refused = dsita_run(tmp_path, "--steps", "checks")
@@ -269,6 +315,7 @@ def test_only_export_without_a_checkpoint_is_a_clear_error(tmp_path: Path) -> No
     assert not (tmp_path / "models").exists()
 
 
+@pytest.mark.slow
 def test_only_export_env_file_exports_an_existing_checkpoint(fast_runs: FastRuns, tmp_path: Path) -> None:
     (tmp_path / "checkpoints").mkdir()
     shutil.copy2(fast_runs.data_dir / "checkpoints" / "best_dev.pt", tmp_path / "checkpoints")
@@ -302,6 +349,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@pytest.mark.slow
 def test_transfer_learning_env_file_under_torchrun(tmp_path: Path) -> None:
     """do_transfer_learning.env from a DeepSpeech 0.9 TensorFlow checkpoint (N_HIDDEN=16, English), with the
     image run as `--entrypoint torchrun`: two ranks, one pipeline."""

@@ -1,5 +1,6 @@
-"""Fixtures for `dsita serve`: the small release's model behind a real server on a free port, clients' clips,
-and `dsita transcribe`'s transcripts of the same audio as the reference."""
+"""Fixtures for `dsita serve`: the small release's model behind a real server on a free port, and `dsita
+transcribe`'s transcripts of the same audio as the reference. The clients' clips are `test_clips`
+(tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -16,12 +17,13 @@ from typing import Any
 
 import pytest
 
-from dsita.data.csvs import read_csv
 from dsita.export.release import RELEASE_ZIP
 from dsita.inference import InferenceOptions, load_model
 from dsita.serve.server import RecognizerServer, ServerOptions
+from dsita.settings import Settings
 
 BEAM = 40  # a narrow beam keeps the LM in every test at a fraction of the default's time
+SETTINGS_NAMES = {name for field in Settings.model_fields for name in Settings.field_env_names(field)}
 
 
 @pytest.fixture(scope="session")
@@ -82,18 +84,13 @@ def url_of(server: RecognizerServer) -> str:
 
 
 @pytest.fixture(scope="session")
-def clips(sample_corpus: Path) -> list[Path]:
-    """The sample's test clips: 16 kHz mono 16-bit WAVs of 2-4 s."""
-    return [s.wav_path for s in read_csv(sample_corpus / "test.csv")]
-
-
-@pytest.fixture(scope="session")
 def transcribe_cli(model_zip: Path) -> Callable[[list[Path]], list[dict[str, Any]]]:
     """`dsita transcribe --json` on the files: one record (text, words) per file."""
 
     def run(paths: list[Path]) -> list[dict[str, Any]]:
         args = ["transcribe", "--json", "--model", str(model_zip), "--beam", str(BEAM), *map(str, paths)]
-        env = {**os.environ, "COLUMNS": "300"}
+        # The reference decodes as the served model does: no dsita setting of this shell's reaches it.
+        env = {k: v for k, v in os.environ.items() if k not in SETTINGS_NAMES} | {"COLUMNS": "300"}
         result = subprocess.run(
             [sys.executable, "-m", "dsita.cli", *args], capture_output=True, text=True, env=env, timeout=300
         )

@@ -107,18 +107,22 @@ def config(**keys: Any) -> str:
     ],
 )
 def test_bad_messages_get_one_error_and_a_closed_session(
-    messages: list[str | bytes], says: str, server: RecognizerServer, clips: list[Path], served_model: Any
+    messages: list[str | bytes],
+    says: str,
+    server: RecognizerServer,
+    test_clips: list[Path],
+    served_model: Any,
 ) -> None:
     reply, code = asyncio.run(send_and_close(f"ws://127.0.0.1:{server.port}", messages))
     assert set(reply) == {"error"} and says in reply["error"], reply
     assert code in (1003, 1008)
-    assert transcribes(server, clips[0], served_model)
+    assert transcribes(server, test_clips[0], served_model)
 
 
 def test_a_client_that_vanishes_mid_stream_frees_its_session(
-    server: RecognizerServer, clips: list[Path], served_model: Any
+    server: RecognizerServer, test_clips: list[Path], served_model: Any
 ) -> None:
-    samples, rate = sf.read(clips[0], dtype="int16")
+    samples, rate = sf.read(test_clips[0], dtype="int16")
     pcm = samples.astype("<i2").tobytes()
 
     async def vanish() -> None:
@@ -130,11 +134,11 @@ def test_a_client_that_vanishes_mid_stream_frees_its_session(
 
     asyncio.run(vanish())
     assert freed(server)
-    assert transcribes(server, clips[0], served_model)
+    assert transcribes(server, test_clips[0], served_model)
 
 
 def test_a_hundred_connections_at_once_are_served_up_to_the_limit_and_told_to_retry_past_it(
-    start_server: Callable[..., Any], clips: list[Path], served_model: Any
+    start_server: Callable[..., Any], test_clips: list[Path], served_model: Any
 ) -> None:
     limit = 4
     with start_server(max_sessions=limit, workers=2) as server:
@@ -164,11 +168,11 @@ def test_a_hundred_connections_at_once_are_served_up_to_the_limit_and_told_to_re
         assert len(finals) == limit and all("text" in final for final in finals)
         assert len(refused) == 100 - limit
         assert all("server busy" in reply["error"] for reply in refused) and set(codes) == {1013}
-        assert transcribes(server, clips[0], served_model)
+        assert transcribes(server, test_clips[0], served_model)
 
 
 def test_a_frame_over_the_size_limit_closes_the_session(
-    start_server: Callable[..., Any], clips: list[Path], served_model: Any
+    start_server: Callable[..., Any], test_clips: list[Path], served_model: Any
 ) -> None:
     with start_server(max_frame_bytes=64_000) as server:
 
@@ -181,11 +185,11 @@ def test_a_frame_over_the_size_limit_closes_the_session(
                 return ws.close_code
 
         assert asyncio.run(too_big()) == 1009  # message too big
-        assert transcribes(server, clips[0], served_model)
+        assert transcribes(server, test_clips[0], served_model)
 
 
 def test_a_silent_client_is_closed_after_the_idle_timeout(
-    start_server: Callable[..., Any], clips: list[Path], served_model: Any
+    start_server: Callable[..., Any], test_clips: list[Path], served_model: Any
 ) -> None:
     with start_server(idle_timeout_s=0.5) as server:
 
@@ -196,7 +200,7 @@ def test_a_silent_client_is_closed_after_the_idle_timeout(
 
         reply, code = asyncio.run(idle())
         assert "no message for 0.5 s" in reply["error"] and code == 1008
-        assert transcribes(server, clips[0], served_model)
+        assert transcribes(server, test_clips[0], served_model)
 
 
 def test_eof_before_any_audio_gives_an_empty_result(server: RecognizerServer) -> None:
@@ -224,7 +228,7 @@ def test_noise_and_clipping_are_transcribed_without_error(server: RecognizerServ
 
 
 def test_a_worker_process_that_dies_ends_its_sessions_only(
-    start_server: Callable[..., Any], clips: list[Path], served_model: Any
+    start_server: Callable[..., Any], test_clips: list[Path], served_model: Any
 ) -> None:
     before = {child.pid for child in multiprocessing.active_children()}
     with start_server(processes=1) as server:
@@ -242,4 +246,4 @@ def test_a_worker_process_that_dies_ends_its_sessions_only(
 
         reply, code = asyncio.run(killed_mid_session())
         assert "worker process" in reply["error"] and code == 1008
-        assert transcribes(server, clips[0], served_model)  # a new process took over
+        assert transcribes(server, test_clips[0], served_model)  # a new process took over

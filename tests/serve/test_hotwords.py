@@ -21,9 +21,9 @@ HOTWORDS = {"ponte": 5.0, "lungo": 6.0, "teniamo": 6.0}  # "teniamo" is not in t
 
 
 def test_a_sessions_hot_words_give_what_transcribe_gives(
-    server: RecognizerServer, served_model: Any, clips: list[Path], tmp_path: Path
+    server: RecognizerServer, served_model: Any, test_clips: list[Path], tmp_path: Path
 ) -> None:
-    samples = np.concatenate([sf.read(clip, dtype="int16")[0] for clip in clips[3:6]])
+    samples = np.concatenate([sf.read(clip, dtype="int16")[0] for clip in test_clips[3:6]])
     path = tmp_path / "three.wav"
     sf.write(path, samples, 16000, subtype="PCM_16")
     pcm, rate = pcm_of(path)

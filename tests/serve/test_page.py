@@ -97,11 +97,11 @@ def similarity(received: np.ndarray, sent: np.ndarray, window: int = 16000) -> f
 def test_a_file_picked_on_the_page_is_transcribed_as_dsita_transcribe_does(
     browser_tools: str,
     server: RecognizerServer,
-    clips: list[Path],
+    test_clips: list[Path],
     transcribe_cli: Callable[..., Any],
     tmp_path: Path,
 ) -> None:
-    wav = padded_clips(clips[:3], tmp_path / "three clips.wav", 0.5)
+    wav = padded_clips(test_clips[:3], tmp_path / "three clips.wav", 0.5)
     (record,) = transcribe_cli([wav])
     page = run_page(browser_tools, server, "file", wav, tmp_path)
     # The page decodes the file at the model's rate: a 16 kHz WAV reaches the server sample for sample.
@@ -112,14 +112,15 @@ def test_a_file_picked_on_the_page_is_transcribed_as_dsita_transcribe_does(
     assert page["partials"], "no partial result was shown while the file streamed"
 
 
+@pytest.mark.slow
 def test_the_microphone_is_transcribed_live(
     browser_tools: str,
     server: RecognizerServer,
-    clips: list[Path],
+    test_clips: list[Path],
     transcribe_cli: Callable[..., Any],
     tmp_path: Path,
 ) -> None:
-    wav = padded_clips(clips[3:6], tmp_path / "microphone.wav", 1.5)
+    wav = padded_clips(test_clips[3:6], tmp_path / "microphone.wav", 1.5)
     page = run_page(browser_tools, server, "mic", wav, tmp_path)
     # What the microphone delivered is the file, through Chromium's resampling to its own rate (24-39 dB
     # SNR measured, lower when a busy machine makes the capture skip); the small model's transcript moves

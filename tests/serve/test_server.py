@@ -86,9 +86,9 @@ def concatenated(clips: list[Path], path: Path) -> Path:
 
 
 def test_clips_stream_to_the_transcripts_of_dsita_transcribe(
-    server: RecognizerServer, clips: list[Path], transcribe_cli: Callable[..., Any]
+    server: RecognizerServer, test_clips: list[Path], transcribe_cli: Callable[..., Any]
 ) -> None:
-    chosen = clips[:6]
+    chosen = test_clips[:6]
     for clip, record in zip(chosen, transcribe_cli(chosen), strict=True):
         pcm, rate = pcm_of(clip)
         messages = asyncio.run(vosk_session(f"ws://127.0.0.1:{server.port}", pcm, rate))
@@ -100,9 +100,9 @@ def test_clips_stream_to_the_transcripts_of_dsita_transcribe(
 
 
 def test_a_long_stream_comes_back_as_several_utterances_joining_to_the_whole_transcript(
-    server: RecognizerServer, clips: list[Path], transcribe_cli: Callable[..., Any], tmp_path: Path
+    server: RecognizerServer, test_clips: list[Path], transcribe_cli: Callable[..., Any], tmp_path: Path
 ) -> None:
-    wav = concatenated(clips[:16], tmp_path / "long.wav")
+    wav = concatenated(test_clips[:16], tmp_path / "long.wav")
     (record,) = transcribe_cli([wav])
     pcm, rate = pcm_of(wav)
     messages = asyncio.run(vosk_session(f"ws://127.0.0.1:{server.port}", pcm, rate))
@@ -117,11 +117,11 @@ def test_a_long_stream_comes_back_as_several_utterances_joining_to_the_whole_tra
 def test_other_sample_rates_are_resampled_as_dsita_transcribe_resamples_files(
     rate: int,
     server: RecognizerServer,
-    clips: list[Path],
+    test_clips: list[Path],
     transcribe_cli: Callable[..., Any],
     tmp_path: Path,
 ) -> None:
-    audio = np.concatenate([sf.read(c, dtype="float32")[0] for c in clips[:4]])
+    audio = np.concatenate([sf.read(c, dtype="float32")[0] for c in test_clips[:4]])
     wav = write_wav(tmp_path / f"clip-{rate}.wav", soxr.resample(audio, 16000, rate), rate)
     (record,) = transcribe_cli([wav])
     pcm, file_rate = pcm_of(wav)
@@ -131,9 +131,9 @@ def test_other_sample_rates_are_resampled_as_dsita_transcribe_resamples_files(
 
 
 def test_concurrent_sessions_each_get_their_own_transcript(
-    server: RecognizerServer, clips: list[Path], transcribe_cli: Callable[..., Any]
+    server: RecognizerServer, test_clips: list[Path], transcribe_cli: Callable[..., Any]
 ) -> None:
-    chosen = clips[6:12]
+    chosen = test_clips[6:12]
     records = transcribe_cli(chosen)
     url = f"ws://127.0.0.1:{server.port}"
 
@@ -153,9 +153,9 @@ async def sessions_ended(server: RecognizerServer) -> None:
 
 
 def test_worker_processes_serve_the_same_transcripts(
-    start_server: Callable[..., Any], clips: list[Path], transcribe_cli: Callable[..., Any]
+    start_server: Callable[..., Any], test_clips: list[Path], transcribe_cli: Callable[..., Any]
 ) -> None:
-    chosen = clips[12:16]
+    chosen = test_clips[12:16]
     records = transcribe_cli(chosen)
     with start_server(processes=2) as server:
         url = f"ws://127.0.0.1:{server.port}"
@@ -169,10 +169,10 @@ def test_worker_processes_serve_the_same_transcripts(
 
 
 def test_reset_sends_the_utterance_so_far_and_times_go_on(
-    server: RecognizerServer, clips: list[Path], transcribe_cli: Callable[..., Any]
+    server: RecognizerServer, test_clips: list[Path], transcribe_cli: Callable[..., Any]
 ) -> None:
-    first, second = transcribe_cli(clips[:2])
-    (pcm_a, rate), (pcm_b, _) = pcm_of(clips[0]), pcm_of(clips[1])
+    first, second = transcribe_cli(test_clips[:2])
+    (pcm_a, rate), (pcm_b, _) = pcm_of(test_clips[0]), pcm_of(test_clips[1])
 
     async def two_utterances() -> tuple[dict[str, Any], dict[str, Any]]:
         async with connect(f"ws://127.0.0.1:{server.port}") as ws:
@@ -194,8 +194,8 @@ def test_reset_sends_the_utterance_so_far_and_times_go_on(
     assert [w["start"] for w in final["result"]] == pytest.approx(expected, abs=0.0015)
 
 
-def test_config_options_shape_the_messages(server: RecognizerServer, clips: list[Path]) -> None:
-    pcm, rate = pcm_of(clips[0])
+def test_config_options_shape_the_messages(server: RecognizerServer, test_clips: list[Path]) -> None:
+    pcm, rate = pcm_of(test_clips[0])
     url = f"ws://127.0.0.1:{server.port}"
     plain = asyncio.run(vosk_session(url, pcm, rate, {"words": 0}))
     assert "result" not in plain[-1] and plain[-1]["text"]
@@ -208,21 +208,21 @@ def test_config_options_shape_the_messages(server: RecognizerServer, clips: list
 
 
 def test_itn_in_the_config_rewrites_the_results(
-    server: RecognizerServer, clips: list[Path], transcribe_cli: Callable[..., Any]
+    server: RecognizerServer, test_clips: list[Path], transcribe_cli: Callable[..., Any]
 ) -> None:
-    (record,) = transcribe_cli(clips[:1])
+    (record,) = transcribe_cli(test_clips[:1])
     words = tuple(Word(w["word"], w["start"], w["end"], w["confidence"]) for w in record["words"])
     expected = Transcript(record["text"], words).itn()
-    pcm, rate = pcm_of(clips[0])
+    pcm, rate = pcm_of(test_clips[0])
     messages = asyncio.run(vosk_session(f"ws://127.0.0.1:{server.port}", pcm, rate, {"itn": True}))
     assert joined_text(messages) == expected.text
     assert [w[0] for w in words_of(messages)] == [w.word for w in expected.words]
 
 
 def test_hot_words_reach_the_stream_or_are_refused_in_one_clear_line(
-    server: RecognizerServer, served_model: Any, clips: list[Path]
+    server: RecognizerServer, served_model: Any, test_clips: list[Path]
 ) -> None:
-    pcm, rate = pcm_of(clips[0])
+    pcm, rate = pcm_of(test_clips[0])
     config = {"hotwords": {"cancelletto": 8.0, "posta vocale": 5}}
 
     async def session() -> list[dict[str, Any]]:
@@ -279,7 +279,7 @@ def test_a_page_from_another_origin_cannot_connect(server: RecognizerServer) -> 
     assert asyncio.run(with_origin(f"http://127.0.0.1:{server.port}")) == 101
 
 
-def test_dsita_serve_runs_from_the_command_line(model_zip: Path, clips: list[Path]) -> None:
+def test_dsita_serve_runs_from_the_command_line(model_zip: Path, test_clips: list[Path]) -> None:
     command = [
         sys.executable,
         "-m",
@@ -305,7 +305,7 @@ def test_dsita_serve_runs_from_the_command_line(model_zip: Path, clips: list[Pat
         line = lines[-1]
         assert "greedy" in line, lines
         port = int(line.split("ws://127.0.0.1:")[1].split()[0])
-        pcm, rate = pcm_of(clips[0])
+        pcm, rate = pcm_of(test_clips[0])
         messages = asyncio.run(vosk_session(f"ws://127.0.0.1:{port}", pcm, rate))
         assert results(messages)
     finally:

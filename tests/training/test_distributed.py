@@ -1,4 +1,4 @@
-"""DistributedDataParallel on the CPU with gloo: two real processes train one model."""
+"""DistributedDataParallel on the CPU with gloo: two real processes train one model, of each architecture."""
 
 from __future__ import annotations
 
@@ -9,13 +9,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from dsita.text.alphabet import Alphabet
+from dsita.model import architectures
 from dsita.training.checkpoint import LAST, load_checkpoint
 from dsita.training.loop import Distributed, TrainOptions, train
+from tests.architectures import ITALIAN, tiny_train_options
 
 
 def free_port() -> int:
@@ -27,39 +29,29 @@ def free_port() -> int:
 def ddp_worker(rank: int, world: int, options: TrainOptions, port: int, out: Path) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    result = train(options, Alphabet.italian(), Distributed(rank, world, rank))
+    result = train(options, ITALIAN, Distributed(rank, world, rank))
     torch.save(result.model.state_dict(), out / f"rank{rank}.pt")
     dist.destroy_process_group()
 
 
-def test_two_gloo_ranks_end_with_identical_weights(sample_corpus: Path, tmp_path: Path) -> None:
-    options = TrainOptions(
-        train_csvs=(sample_corpus / "train.csv",),
-        dev_csvs=(sample_corpus / "dev.csv",),
-        checkpoint_dir=tmp_path / "ckpt",
-        batch_size=4,
-        epochs=2,
-        learning_rate=1e-3,
-        model_fields={"n_hidden": 32},
-        workers=0,
-        max_train_clips=40,
-        max_dev_clips=8,
-        show_progress=False,
-        device="cpu",  # gloo ranks on the CPU, also on a GPU machine (rank 1 may have no GPU of its own)
+@pytest.mark.parametrize("architecture", architectures())
+def test_two_gloo_ranks_end_with_identical_weights(
+    architecture: str, sample_corpus: Path, tmp_path: Path
+) -> None:
+    options = tiny_train_options(
+        sample_corpus, tmp_path / "ckpt", architecture, batch_size=4, max_train_clips=16
     )
     mp.spawn(ddp_worker, args=(2, options, free_port(), tmp_path), nprocs=2, join=True)
     rank0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
     rank1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
     for key, value in rank0.items():
         assert torch.equal(value, rank1[key]), key
-    # Each rank trained 5 of the 10 batches per epoch; the checkpoint (rank 0 only) holds the final weights.
+    # Each rank trained 2 of the 4 batches per epoch; the checkpoint (rank 0 only) holds the final weights.
     saved = load_checkpoint(tmp_path / "ckpt" / LAST)
-    assert saved["train_state"]["epoch"] == 2 and saved["train_state"]["step"] == 10
+    assert saved["train_state"]["epoch"] == 2 and saved["train_state"]["step"] == 4
     for key, value in rank0.items():
         assert torch.equal(value, saved["model"][key]), key
-    single = train(
-        dataclasses.replace(options, checkpoint_dir=tmp_path / "single", epochs=1), Alphabet.italian()
-    )
+    single = train(dataclasses.replace(options, checkpoint_dir=tmp_path / "single", epochs=1), ITALIAN)
     assert any(not torch.equal(single.model.state_dict()[k], v) for k, v in rank0.items())
 
 

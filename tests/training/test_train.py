@@ -1,4 +1,5 @@
-"""Real training steps on tiny DeepSpeech models: checkpoints, resume, early stop, bad batches, transfer."""
+"""Real training steps on tiny models: checkpoints, resume and transfer for every registered architecture;
+early stop, bad batches, caches and schedules on DeepSpeech; the command line's model flags."""
 
 from __future__ import annotations
 
@@ -9,78 +10,73 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from typer.testing import CliRunner
 
+from dsita.cli import app
 from dsita.data.augmentation.options import AugmentOptions
 from dsita.data.csvs import Sample, read_csv, write_csv
 from dsita.data.dataset import Batch
 from dsita.errors import DsitaError
+from dsita.model import architectures, new_model_config
 from dsita.text.alphabet import Alphabet
 from dsita.text.normalize import normalize
 from dsita.training.checkpoint import BEST_DEV, LAST, load_checkpoint, load_trained_model
-from dsita.training.loop import TrainOptions, ctc_loss, train
-
-ITALIAN = Alphabet.italian()
-
-
-def options(corpus: Path, checkpoint_dir: Path, **overrides: object) -> TrainOptions:
-    base = TrainOptions(
-        train_csvs=(corpus / "train.csv",),
-        dev_csvs=(corpus / "dev.csv",),
-        checkpoint_dir=checkpoint_dir,
-        batch_size=8,
-        epochs=2,
-        learning_rate=1e-3,
-        model_fields={"n_hidden": 32, "dropout": 0.1},
-        workers=0,
-        max_train_clips=48,
-        max_dev_clips=8,
-        show_progress=False,
-        device="cpu",  # the CPU even on a GPU machine: these tests compare runs exactly
-        settings_env="BATCH_SIZE=8\n",
-    )
-    return dataclasses.replace(base, **overrides)
+from dsita.training.loop import ctc_loss, train
+from tests.architectures import ITALIAN, N_OUTPUTS, tiny_train_options
 
 
 def weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def test_training_writes_checkpoints_metrics_and_settings(sample_corpus: Path, tmp_path: Path) -> None:
-    result = train(options(sample_corpus, tmp_path, epochs=3, max_to_keep=2), ITALIAN)
-    names = sorted(p.name for p in tmp_path.iterdir())
+@pytest.mark.parametrize("architecture", architectures())
+def test_training_writes_checkpoints_metrics_and_settings(
+    architecture: str, trained_tiny: Callable[[str], Path], sample_corpus: Path
+) -> None:
+    folder = trained_tiny(architecture)  # three epochs, the last two epochs' checkpoints kept
+    names = sorted(p.name for p in folder.iterdir())
     assert names == [BEST_DEV, "epoch-0002.pt", "epoch-0003.pt", LAST, "metrics.jsonl", "settings.env"]
-    metrics = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    metrics = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in metrics] == [1, 2, 3]
-    assert metrics[-1]["train_loss"] < metrics[0]["train_loss"]
+    for loss in ("train_loss", "dev_loss"):
+        assert metrics[1][loss] < metrics[0][loss] and metrics[-1][loss] < metrics[0][loss], loss
     assert all(m["audio_seconds_per_second"] > 0 for m in metrics)
-    assert (tmp_path / "settings.env").read_text() == "BATCH_SIZE=8\n"
-    assert result.best_dev_loss == min(m["dev_loss"] for m in metrics)
-    model, alphabet = load_trained_model(tmp_path)
-    assert alphabet == ITALIAN and model.config.n_hidden == 32
+    assert (folder / "settings.env").read_text() == "BATCH_SIZE=8\n"
+    best_dev_loss = load_checkpoint(folder / LAST)["train_state"]["best_dev_loss"]
+    assert best_dev_loss == min(m["dev_loss"] for m in metrics)
+    model, alphabet = load_trained_model(folder)
+    options = tiny_train_options(sample_corpus, folder, architecture)
+    size, fields = options.model_size, options.model_fields
+    assert alphabet == ITALIAN and architecture == model.config.ARCHITECTURE
+    assert model.config == new_model_config(architecture, N_OUTPUTS, size, **fields)
+    assert all(getattr(model.config, field) == value for field, value in options.model_fields.items())
 
 
-def test_resume_continues_exactly_where_it_stopped(sample_corpus: Path, tmp_path: Path) -> None:
-    straight = train(options(sample_corpus, tmp_path / "straight", epochs=2), ITALIAN)
-    train(options(sample_corpus, tmp_path / "split", epochs=1), ITALIAN)
-    resumed = train(options(sample_corpus, tmp_path / "split", epochs=2), ITALIAN)
-    assert resumed.epochs_completed == 2
-    for key, value in weights(straight.model).items():
+@pytest.mark.parametrize("architecture", architectures())
+def test_resume_continues_exactly_where_it_stopped(
+    architecture: str, trained_tiny: Callable[[str], Path], sample_corpus: Path, tmp_path: Path
+) -> None:
+    train(tiny_train_options(sample_corpus, tmp_path, architecture, epochs=1), ITALIAN)
+    resumed = train(tiny_train_options(sample_corpus, tmp_path, architecture, epochs=3), ITALIAN)
+    assert resumed.epochs_completed == 3
+    straight = load_checkpoint(trained_tiny(architecture) / LAST)  # three epochs in one run
+    for key, value in straight["model"].items():
         torch.testing.assert_close(weights(resumed.model)[key], value, rtol=0, atol=1e-6)
-    state = load_checkpoint(tmp_path / "split" / LAST)
-    assert (
-        state["train_state"]["step"] == load_checkpoint(tmp_path / "straight" / LAST)["train_state"]["step"]
-    )
+    assert load_checkpoint(tmp_path / LAST)["train_state"]["step"] == straight["train_state"]["step"]
 
 
 def test_early_stop_after_es_epochs_without_improvement(sample_corpus: Path, tmp_path: Path) -> None:
     # Only the first epoch can beat an infinite best; a huge minimum delta makes later ones never count.
-    result = train(options(sample_corpus, tmp_path, epochs=5, es_epochs=2, es_min_delta=1e9), ITALIAN)
+    result = train(
+        tiny_train_options(sample_corpus, tmp_path, epochs=5, es_epochs=2, es_min_delta=1e9), ITALIAN
+    )
     assert result.stopped_early and result.epochs_completed == 3
 
 
@@ -92,7 +88,10 @@ def test_clips_their_output_steps_cannot_spell_are_left_out_and_named(
     impossible = Sample(good[0].wav_path, good[0].wav_filesize, "a" * 2000, good[0].duration)
     write_csv(tmp_path / "mixed.csv", [*good, impossible])
     caplog.set_level("WARNING", logger="dsita.training")
-    train(options(sample_corpus, tmp_path / "ckpt", train_csvs=(tmp_path / "mixed.csv",), epochs=1), ITALIAN)
+    train(
+        tiny_train_options(sample_corpus, tmp_path / "ckpt", train_csvs=(tmp_path / "mixed.csv",), epochs=1),
+        ITALIAN,
+    )
     assert "1 train clips are too short for their transcripts" in caplog.text
     assert json.loads((tmp_path / "ckpt" / "metrics.jsonl").read_text())["skipped_batches"] == 0
 
@@ -126,7 +125,7 @@ def test_non_finite_batches_are_skipped_and_logged(
     write_csv(tmp_path / "bad.csv", [broken])
     caplog.set_level("WARNING", logger="dsita.training")
     result = train(
-        options(
+        tiny_train_options(
             sample_corpus, tmp_path / "ckpt", train_csvs=(tmp_path / "mixed.csv",), batch_size=1, epochs=1
         ),
         ITALIAN,
@@ -136,27 +135,42 @@ def test_non_finite_batches_are_skipped_and_logged(
     metrics = json.loads((tmp_path / "ckpt" / "metrics.jsonl").read_text())
     assert metrics["skipped_batches"] == 1
     with pytest.raises(DsitaError, match="non-finite"):
-        train(options(sample_corpus, tmp_path / "bad", train_csvs=(tmp_path / "bad.csv",), epochs=1), ITALIAN)
+        train(
+            tiny_train_options(sample_corpus, tmp_path / "bad", train_csvs=(tmp_path / "bad.csv",), epochs=1),
+            ITALIAN,
+        )
 
 
-def test_transfer_learning_drops_layers_only_on_a_fresh_start(sample_corpus: Path, tmp_path: Path) -> None:
-    source = train(options(sample_corpus, tmp_path / "source", epochs=1), ITALIAN).model
-    target_opts = options(
-        sample_corpus,
-        tmp_path / "target",
-        epochs=1,
-        load_checkpoint_dir=tmp_path / "source",
-        drop_source_layers=2,
+@pytest.mark.parametrize("architecture", architectures())
+def test_transfer_learning_drops_layers_only_on_a_fresh_start(
+    architecture: str, trained_tiny: Callable[[str], Path], sample_corpus: Path, tmp_path: Path
+) -> None:
+    source_dir = trained_tiny(architecture)
+    source = load_checkpoint(source_dir / BEST_DEV)["model"]
+    target_opts = tiny_train_options(
+        sample_corpus, tmp_path, architecture, epochs=1, load_checkpoint_dir=source_dir, drop_source_layers=2
     )
-    first = train(dataclasses.replace(target_opts, max_steps_per_epoch=0), ITALIAN).model
-    # With no training step, kept layers equal the source and dropped ones (layer_5, layer_6) do not.
-    assert torch.equal(first.layer_1.weight, source.layer_1.weight)
-    assert torch.equal(first.lstm.weight_hh_l0, source.lstm.weight_hh_l0)
-    assert not torch.equal(first.layer_5.weight, source.layer_5.weight)
-    assert not torch.equal(first.layer_6.weight, source.layer_6.weight)
+    started = train(dataclasses.replace(target_opts, max_steps_per_epoch=0), ITALIAN).model
+    first = weights(started)
+    # With no training step, kept layers equal the source and the last two transfer layers do not.
+    dropped = tuple(f"{name}." for name in started.transfer_layers[-2:])
+    for key, value in source.items():
+        assert torch.equal(first[key], value) == (not key.startswith(dropped)), key
     # Resuming the transfer run must not re-initialise anything: it starts from its own checkpoint.
     resumed = train(dataclasses.replace(target_opts, epochs=2, max_steps_per_epoch=0), ITALIAN).model
-    assert torch.equal(resumed.layer_6.weight, first.layer_6.weight)
+    for key, value in first.items():
+        assert torch.equal(weights(resumed)[key], value), key
+
+
+@pytest.mark.parametrize("architecture", architectures())
+def test_a_checkpoint_of_another_architecture_cannot_start_a_model(
+    architecture: str, trained_tiny: Callable[[str], Path], sample_corpus: Path, tmp_path: Path
+) -> None:
+    other = next(name for name in architectures() if name != architecture)
+    source = trained_tiny(other) / BEST_DEV
+    options = tiny_train_options(sample_corpus, tmp_path, architecture, load_checkpoint_dir=source)
+    with pytest.raises(DsitaError, match=f"a {other} checkpoint cannot start a {architecture} model"):
+        train(options, ITALIAN)
 
 
 def test_transfer_to_another_alphabet_needs_dropped_output_layer(sample_corpus: Path, tmp_path: Path) -> None:
@@ -167,17 +181,17 @@ def test_transfer_to_another_alphabet_needs_dropped_output_layer(sample_corpus: 
             tmp_path / f"{split}.csv",
             [dataclasses.replace(r, transcript=normalize(r.transcript, english)) for r in rows],
         )
-    english_opts = options(tmp_path, tmp_path / "english", epochs=1, max_steps_per_epoch=1)
+    english_opts = tiny_train_options(tmp_path, tmp_path / "english", epochs=1, max_steps_per_epoch=1)
     train(english_opts, english)
     with pytest.raises(DsitaError, match=r"layer_6\.weight: source \(29, 32\), model \(39, 32\)"):
         train(
-            options(
+            tiny_train_options(
                 sample_corpus, tmp_path / "it", load_checkpoint_dir=tmp_path / "english", drop_source_layers=0
             ),
             ITALIAN,
         )
     train(
-        options(
+        tiny_train_options(
             sample_corpus,
             tmp_path / "it1",
             load_checkpoint_dir=tmp_path / "english",
@@ -208,6 +222,7 @@ def run_cli(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
     )
 
 
+@pytest.mark.slow
 def test_sigkill_mid_epoch_resumes_from_the_mid_epoch_checkpoint(sample_corpus: Path, tmp_path: Path) -> None:
     ckpt = tmp_path / "ckpt"
     write_csv(tmp_path / "train.csv", read_csv(sample_corpus / "train.csv")[:80])
@@ -243,8 +258,10 @@ def test_sigkill_mid_epoch_resumes_from_the_mid_epoch_checkpoint(sample_corpus: 
 def test_feature_cache_gives_the_same_training_as_on_the_fly_features(
     sample_corpus: Path, tmp_path: Path
 ) -> None:
-    plain = train(options(sample_corpus, tmp_path / "plain", epochs=1), ITALIAN).model
-    cached_opts = options(sample_corpus, tmp_path / "cached", epochs=1, feature_cache=tmp_path / "features")
+    plain = train(tiny_train_options(sample_corpus, tmp_path / "plain", epochs=1), ITALIAN).model
+    cached_opts = tiny_train_options(
+        sample_corpus, tmp_path / "cached", epochs=1, feature_cache=tmp_path / "features"
+    )
     cached = train(cached_opts, ITALIAN).model
     assert len(list((tmp_path / "features").glob("*.pt"))) == 48 + 8  # every train and dev clip, once
     for key, value in plain.state_dict().items():
@@ -254,9 +271,11 @@ def test_feature_cache_gives_the_same_training_as_on_the_fly_features(
 
 
 def test_augmentation_trains_and_changes_the_result(sample_corpus: Path, tmp_path: Path) -> None:
-    plain = train(options(sample_corpus, tmp_path / "plain", epochs=1), ITALIAN)
+    plain = train(tiny_train_options(sample_corpus, tmp_path / "plain", epochs=1), ITALIAN)
     augmented = train(
-        options(sample_corpus, tmp_path / "aug", epochs=1, augment=AugmentOptions(speed=0.5, spec_augment=1)),
+        tiny_train_options(
+            sample_corpus, tmp_path / "aug", epochs=1, augment=AugmentOptions(speed=0.5, spec_augment=1)
+        ),
         ITALIAN,
     )
     assert not torch.equal(plain.model.layer_6.weight, augmented.model.layer_6.weight)
@@ -268,9 +287,23 @@ def test_augmentation_trains_and_changes_the_result(sample_corpus: Path, tmp_pat
 
 def test_reduce_lr_on_plateau_lowers_the_rate_when_dev_stalls(sample_corpus: Path, tmp_path: Path) -> None:
     # A vanishing learning rate leaves the dev loss flat, which the scheduler must treat as a plateau.
-    opts = options(
+    opts = tiny_train_options(
         sample_corpus, tmp_path, epochs=3, learning_rate=1e-6, reduce_lr_on_plateau=True, plateau_epochs=1
     )
     train(opts, ITALIAN)
     rates = [json.loads(line)["lr"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert rates[0] == pytest.approx(1e-6) and rates[-1] < rates[0]
+
+
+def test_the_train_command_takes_the_model_flags(sample_corpus: Path, tmp_path: Path) -> None:
+    write_csv(tmp_path / "train.csv", read_csv(sample_corpus / "train.csv")[:16])
+    args = [
+        "train", "--model", "conformer", "--model-size", "tiny", "--train-files", str(tmp_path / "train.csv"),
+        "--dev-files", str(sample_corpus / "dev.csv"), "--test-files", str(tmp_path / "none.csv"),
+        "--checkpoint-dir", str(tmp_path / "ckpt"), "--workers", "0",
+    ]  # fmt: skip
+    result = CliRunner().invoke(app, args, env={"EPOCHS": "1", "BATCH_SIZE": "8", "DATA_DIR": str(tmp_path)})
+    assert result.exit_code == 0, result.output
+    model, _ = load_trained_model(tmp_path / "ckpt")
+    assert model.config == new_model_config("conformer", N_OUTPUTS, "tiny")
+    assert "MODEL=conformer\nMODEL_SIZE=tiny\n" in (tmp_path / "ckpt" / "settings.env").read_text()

@@ -209,6 +209,7 @@ class Outputs:
     folder: Path
 
     def write(self, transcript: Any, stem: str) -> None:
+        """Write `transcript` as `<folder>/<stem>.<format>` for each format and print the paths written."""
         from dsita.decoding.subtitles import write_outputs
 
         with disk_errors(self.folder, None, "writing the transcripts"):

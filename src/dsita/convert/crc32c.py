@@ -60,17 +60,19 @@ def _zeros_tables(n_bytes: int) -> np.ndarray:
     """(4, 256) tables: the zero-byte shift of a register is the XOR of one lookup per register byte."""
     columns = np.array(_zeros_matrix(n_bytes), dtype=np.uint32).reshape(4, 1, 8)
     bits = (np.arange(256).reshape(256, 1) >> np.arange(8)) & 1
-    return np.bitwise_xor.reduce(np.where(bits, columns, np.uint32(0)), axis=2)
+    tables: np.ndarray = np.bitwise_xor.reduce(np.where(bits, columns, np.uint32(0)), axis=2)
+    return tables
 
 
 def _shift(registers: np.ndarray, n_bytes: int) -> np.ndarray:
     tables = _zeros_tables(n_bytes)
-    return (
+    shifted: np.ndarray = (
         tables[0][registers & 0xFF]
         ^ tables[1][(registers >> 8) & 0xFF]
         ^ tables[2][(registers >> 16) & 0xFF]
         ^ tables[3][registers >> 24]
     )
+    return shifted
 
 
 def _lanes_crc(lanes: np.ndarray) -> int:

@@ -74,6 +74,8 @@ _FLOAT32 = 1  # TF's DT_FLOAT
 
 @dataclass(frozen=True)
 class ConversionReport:
+    """What converting a DeepSpeech checkpoint read, converted, ignored and wrote."""
+
     source: str  # the checkpoint read
     checkpoint: Path  # the dsita checkpoint written
     alphabet: str  # where its labels came from
@@ -88,6 +90,7 @@ class ConversionReport:
         return sum(math.prod(shape) for shape in self.tensors.values())
 
     def lines(self) -> list[str]:
+        """The report as lines for the console: tensors with shapes, what was ignored, parameter counts."""
         width = max(len(name) for name in self.tensors)
         adam = [name for name in self.ignored if name.endswith(("/Adam", "/Adam_1"))]
         other = [name for name in self.ignored if name not in adam]

@@ -27,6 +27,7 @@ field order with proto3 defaults left out, except that a scalar's empty shape is
 from __future__ import annotations
 
 import contextlib
+import io
 import itertools
 import lzma
 import math
@@ -37,7 +38,7 @@ from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path, PurePosixPath
-from typing import IO, TypeVar
+from typing import TypeVar, cast
 
 import numpy as np
 
@@ -63,6 +64,8 @@ class _Malformed(Exception):
 
 @dataclass(frozen=True)
 class TensorEntry:
+    """One tensor's entry in a TF checkpoint's index: where its bytes are in which data shard."""
+
     name: str
     dtype: int  # TF DataType enum value
     shape: tuple[int, ...]
@@ -75,7 +78,7 @@ class TensorEntry:
 @dataclass(frozen=True)
 class _File:
     size: int
-    open: Callable[[], IO[bytes]]
+    open: Callable[[], io.BufferedIOBase]  # readinto: a buffered binary file
 
 
 # --- protobuf -------------------------------------------------------------------------------------------
@@ -358,7 +361,7 @@ def open_tf_checkpoint(path: Path) -> Iterator[TfCheckpoint]:
     """The checkpoint in a folder, or in a tar archive (read in place: nothing is extracted)."""
     if path.is_dir():
         files = {
-            p.name: _File(p.stat().st_size, partial(p.open, "rb")) for p in path.iterdir() if p.is_file()
+            p.name: _File(p.stat().st_size, partial(_open_binary, p)) for p in path.iterdir() if p.is_file()
         }
         yield TfCheckpoint(str(path), files)
     elif path.is_file():
@@ -418,11 +421,15 @@ def _archive_files(path: Path) -> Iterator[dict[str, _File]]:
         }
 
 
-def _extract(tar: tarfile.TarFile, member: tarfile.TarInfo) -> IO[bytes]:
+def _open_binary(path: Path) -> io.BufferedIOBase:
+    return path.open("rb")
+
+
+def _extract(tar: tarfile.TarFile, member: tarfile.TarInfo) -> io.BufferedIOBase:
     f = tar.extractfile(member)
     if f is None:
         raise tarfile.TarError(f"{member.name} is not a regular file")
-    return f
+    return cast(io.BufferedIOBase, f)  # tarfile's ExFileObject, an io.BufferedReader; typeshed says IO[bytes]
 
 
 # --- writing --------------------------------------------------------------------------------------------

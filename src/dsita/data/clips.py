@@ -63,6 +63,7 @@ RAW_TEXT_FACTOR = 10
 SILENCE_PEAK = 1e-4  # below about -80 dBFS nothing is audible once written as 16-bit PCM
 SKIPPED_COLUMNS = ("split", "source", "row", "reason", "detail")
 LINE_BREAK = re.compile(r"\r\n|\r|\n")  # the line breaks the csv module knows
+Quoting = Literal[0, 1, 2, 3]  # a csv.QUOTE_* constant, as typeshed types csv.reader's `quoting`
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,8 @@ class ImportOptions:
 
 @dataclass(frozen=True)
 class Skip:
+    """A source row (or archive member) left out of the import, and why: a row of the skipped-rows CSV."""
+
     split: str  # a split name, or "archive" for archive members
     source: str  # the table or archive member the row came from
     row: int | None  # line number in `source`, header = 1
@@ -102,6 +105,8 @@ class Entry:
 
 @dataclass(frozen=True)
 class ClipJob:
+    """One clip to convert in a worker: its source audio, the WAV to write, the longest clip allowed."""
+
     src: Path | bytes  # an audio file, or the bytes of an archive member
     wav: Path
     max_secs: float
@@ -109,6 +114,11 @@ class ClipJob:
 
 @dataclass(frozen=True)
 class ClipOutcome:
+    """What became of one clip: converted, reused from an earlier run, or failed (with a reason).
+
+    `samples` and `size` are the WAV's length in samples and in bytes; both 0 for a failure.
+    """
+
     status: Literal["converted", "reused", "failed"]
     samples: int = 0
     size: int = 0
@@ -189,7 +199,8 @@ def wav_size(src: Path | bytes) -> int | None:
         info = sf.info(src if isinstance(src, Path) else io.BytesIO(src))
     except (sf.LibsndfileError, RuntimeError, ValueError, OSError):
         return None
-    return WAV_HEADER_BYTES + 2 * round(info.duration * SAMPLE_RATE)
+    duration: float = info.duration
+    return WAV_HEADER_BYTES + 2 * round(duration * SAMPLE_RATE)
 
 
 def convert_batch(jobs: list[ClipJob]) -> list[ClipOutcome]:
@@ -237,16 +248,19 @@ class ClipPool:
             self._executor.shutdown(cancel_futures=True)
 
     def record(self, key: str, outcome: ClipOutcome) -> None:
+        """Count a clip whose outcome is already known (nothing to convert)."""
         self._count_one()
         self._store([key], [outcome])
 
     def submit(self, key: str, job: ClipJob) -> None:
+        """Queue `job` under `key`; a full batch of BATCH jobs goes to the workers at once."""
         self._count_one()
         self._batch.append((key, job))
         if len(self._batch) >= BATCH:
             self._flush()
 
     def finish(self) -> dict[str, ClipOutcome]:
+        """Send the last partial batch, wait for every task, and return the outcomes by key."""
         self._flush()
         while self._pending:
             self._collect(ALL_COMPLETED)
@@ -280,7 +294,7 @@ class ClipPool:
 
 
 def read_table(
-    data: bytes, source: str, split: str, delimiter: str, quoting: int
+    data: bytes, source: str, split: str, delimiter: str, quoting: Quoting
 ) -> tuple[list[str], list[tuple[int, dict[str, str]]], list[Skip]]:
     """Parse a CSV/TSV into (header, [(line number, fields)], skips), line by line: one line is one row.
 
@@ -318,7 +332,7 @@ def read_table(
     return header, rows, skips
 
 
-def _parse_line(line: str, delimiter: str, quoting: int) -> list[str] | str:
+def _parse_line(line: str, delimiter: str, quoting: Quoting) -> list[str] | str:
     """One line's fields, or why they cannot be read (an unclosed quote). No field size limit applies."""
     if quoting == csv.QUOTE_NONE:
         return line.split(delimiter)
@@ -372,6 +386,8 @@ def check_transcript(
 
 @dataclass
 class ImportReport:
+    """What an import kept, skipped and wrote, per split: the summary the import commands print."""
+
     out_dir: Path
     csv_files: dict[str, Path]  # split -> CSV
     skipped_csv: Path
@@ -384,10 +400,12 @@ class ImportReport:
 
     @property
     def total_kept(self) -> int:
+        """Clips kept over all splits."""
         return sum(self.kept.values())
 
     @property
     def total_hours(self) -> float:
+        """Hours of audio kept over all splits."""
         return sum(self.seconds.values()) / 3600
 
 
@@ -409,7 +427,7 @@ def finish_import(
             seconds = outcome.samples / SAMPLE_RATE
             samples[entry.split].append(Sample(entry.wav, outcome.size, entry.transcript, seconds))
             report.kept[entry.split] += 1
-            report.seconds[entry.split] += seconds
+            report.seconds[entry.split] += seconds  # type: ignore[assignment]  # typeshed's Counter counts int
     report.converted = sum(o.status == "converted" for o in outcomes.values())
     report.reused = sum(o.status == "reused" for o in outcomes.values())
     for split, path in report.csv_files.items():

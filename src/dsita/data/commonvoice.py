@@ -131,7 +131,7 @@ def _sample_archive(path: Path) -> tuple[int, int, int]:
         with open(path, "rb") as raw, tarfile.open(fileobj=raw, mode="r|gz") as tar:
             start = None
             for member in tar:
-                tar.members = []
+                tar.members = []  # type: ignore[attr-defined]  # undocumented, so not in typeshed
                 if (raw.tell() > SAMPLED_BYTES and count) or raw.tell() > 8 * SAMPLED_BYTES:
                     break  # enough clips measured, or an archive that starts with large TSVs
                 name = PurePosixPath(member.name)
@@ -264,7 +264,9 @@ def _scan_archive(
         try:
             with tarfile.open(fileobj=raw, mode="r|gz") as tar:
                 for member in tar:
-                    tar.members = []  # stream mode keeps every TarInfo otherwise: memory grows with it
+                    # Stream mode keeps every TarInfo otherwise: memory grows with it. `members` is
+                    # undocumented, so typeshed leaves it out.
+                    tar.members = []  # type: ignore[attr-defined]
                     scan.add(tar, member)
                     reading.advance(raw.tell() / MB - reading.completed)
         except (tarfile.TarError, EOFError, zlib.error) as exc:

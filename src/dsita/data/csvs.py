@@ -62,7 +62,7 @@ def read_csv(path: str | Path) -> list[Sample]:
 
 
 def _samples(path: Path, reader: Any) -> list[Sample]:
-    header = next(reader, [])
+    header: list[str] = next(reader, [])
     missing = [c for c in COLUMNS if c not in header]
     if missing:
         raise DsitaError(f"{path}: missing column(s) {', '.join(missing)}; expected {','.join(COLUMNS)}")

@@ -57,6 +57,8 @@ def load_samples(csv_paths: Sequence[str | Path], alphabet: Alphabet) -> list[Sa
 
 @dataclass(frozen=True)
 class Item:
+    """One loaded clip: its audio or cached features, its label ids, and its index in the dataset."""
+
     inputs: Tensor  # (samples,) waveform, or (frames, n_features) cached features
     targets: Tensor  # (n_labels,) int64 label ids
     index: int
@@ -64,6 +66,8 @@ class Item:
 
 @dataclass(frozen=True)
 class Batch:
+    """Padded inputs of several clips with their lengths, and their targets concatenated for CTC."""
+
     inputs: Tensor  # (B, samples) waveforms or (B, frames, n_features) features, zero padded
     input_lengths: Tensor  # (B,) valid samples or frames
     targets: Tensor  # (sum of target lengths,) concatenated label ids, as CTCLoss accepts
@@ -80,8 +84,14 @@ class Batch:
         return self._map(lambda x: x.pin_memory())
 
     def _map(self, move: Callable[[Tensor], Tensor]) -> Batch:
-        tensors = (self.inputs, self.input_lengths, self.targets, self.target_lengths)
-        return Batch(*(move(x) for x in tensors), self.indices, self.are_features)
+        return Batch(
+            move(self.inputs),
+            move(self.input_lengths),
+            move(self.targets),
+            move(self.target_lengths),
+            self.indices,
+            self.are_features,
+        )
 
 
 class FeatureCache:
@@ -101,16 +111,23 @@ class FeatureCache:
         )
 
     def path_for(self, wav_path: Path) -> Path:
+        """The cache file for `wav_path`, named by a hash of its path, size, mtime and the featurizer."""
         stat = wav_path.stat()
         key = f"{wav_path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{self.identity}"
         return self.folder / f"{hashlib.sha1(key.encode()).hexdigest()}.pt"
 
     def features(self, wav_path: Path, audio: Tensor | None = None) -> Tensor:
+        """The clip's (frames, n_features) features: read from the cache, or computed and stored.
+
+        `audio` saves reading the WAV again when the caller has it.
+        """
         cached = self.path_for(wav_path)
         if cached.exists():
-            return torch.load(cached, weights_only=True)
+            stored: Tensor = torch.load(cached, weights_only=True)
+            return stored
         if audio is None:
             audio = read_wav(wav_path)
+        feats: Tensor
         with torch.no_grad():
             feats, lengths = self.featurizer(audio[None], torch.tensor([audio.numel()]))
         feats = feats[0, : int(lengths[0])].contiguous()
@@ -141,6 +158,12 @@ def speed_perturb(audio: Tensor, factor: float) -> Tensor:
 
 
 class SpeechDataset(Dataset[Item]):
+    """The clips of a list of samples as `Item`s: audio (or cached features) and encoded transcript.
+
+    Speed perturbation and clip transforms change the audio each epoch, so they cannot be combined with a
+    feature cache (DsitaError).
+    """
+
     def __init__(
         self,
         samples: Sequence[Sample],
@@ -190,6 +213,7 @@ class SpeechDataset(Dataset[Item]):
 
 
 def collate(items: Sequence[Item]) -> Batch:
+    """A `Batch` of `items`, inputs zero-padded to the longest; all items waveforms or all features."""
     lengths = torch.tensor([it.inputs.shape[0] for it in items], dtype=torch.long)
     padded = torch.zeros((len(items), int(lengths.max()), *items[0].inputs.shape[1:]), dtype=torch.float32)
     for row, item in enumerate(items):

@@ -23,6 +23,7 @@ from dsita.data.clips import (
     Entry,
     ImportOptions,
     ImportReport,
+    Quoting,
     Skip,
     check_transcript,
     finish_import,
@@ -99,7 +100,7 @@ def _read(table: Path, split: str) -> tuple[list[str], list[tuple[int, dict[str,
     data = table.read_bytes()
     delimiter = _sniff_delimiter(data)
     # Tab-separated exports (Common Voice style) do not quote, and their sentences contain stray quotes.
-    quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
+    quoting: Quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
     return read_table(data, table.name, split, delimiter, quoting)
 
 

@@ -70,7 +70,7 @@ def _balance_quotes(sentence: str) -> str:
 
 
 def fortune_passages(entry: str) -> list[str]:
-    """The prose of one fortune: attributions (`\\t\\t-- Author`) and dictionary headers dropped.
+    r"""The prose of one fortune: attributions (`\t\t-- Author`) and dictionary headers dropped.
 
     A header is an unindented line ending in `:` whose definition follows indented (`Ansia, s.f.:`,
     `Legge di Jones:`). Blank lines and dialogue turns (`- ...`) start a new passage.

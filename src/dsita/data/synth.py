@@ -43,7 +43,7 @@ import numpy as np
 import soundfile as sf
 
 from dsita.audio import SAMPLE_RATE, to_mono_16k
-from dsita.data.clips import read_table
+from dsita.data.clips import Quoting, read_table
 from dsita.data.sentences import Sentence, prepare_sentences
 from dsita.errors import DsitaError
 from dsita.fileio import atomic_write
@@ -180,6 +180,7 @@ class Speaker:
 
     @property
     def key(self) -> str:
+        """The settings as a string (`espeak-ng:it:speed=150:pitch=50`); `client_id` hashes it."""
         key = f"{self.engine}:{self.voice}:speed={self.speed:g}:pitch={self.pitch:g}"
         # Only settings away from the engine's own, so that plain speakers keep their keys (and client ids).
         for name, neutral in (("formant", 1.0), ("word_gap", 0), ("pitch_range", 1.0)):
@@ -195,6 +196,7 @@ class Speaker:
 
     @property
     def client_id(self) -> str:
+        """The Common Voice-style `client_id` of this speaker: the SHA-512 hex digest of its key."""
         return hashlib.sha512(self.key.encode()).hexdigest()
 
 
@@ -209,6 +211,8 @@ class Prosody:
 
 @dataclass(frozen=True)
 class PlannedClip:
+    """One clip to synthesize: its split, its mp3 file name, the sentence, and who says it how."""
+
     split: str
     filename: str
     sentence: Sentence
@@ -218,6 +222,8 @@ class PlannedClip:
 
 @dataclass(frozen=True)
 class SplitStats:
+    """The clips, speakers, engines and seconds of audio of one split of a synthesized corpus."""
+
     clips: int
     speakers: int  # distinct voice settings (client ids)
     engines: tuple[str, ...]
@@ -227,6 +233,8 @@ class SplitStats:
 
 @dataclass(frozen=True)
 class SynthReport:
+    """What `dsita synth` wrote: the archive, the sentences it drew from, and each split's stats."""
+
     out_path: Path
     size_bytes: int
     candidate_sentences: int
@@ -240,10 +248,12 @@ class SynthReport:
 
     @property
     def hours(self) -> float:
+        """Hours of audio over all splits."""
         return sum(s.seconds for s in self.splits.values()) / 3600
 
 
 def check_engines(engines: Iterable[str]) -> None:
+    """Raise DsitaError, with the install command, for the first engine whose program is not on PATH."""
     for engine in engines:
         if shutil.which(ENGINE_BINARIES[engine]) is None:
             raise DsitaError(
@@ -252,6 +262,9 @@ def check_engines(engines: Iterable[str]) -> None:
 
 
 def split_sizes(n_clips: int, options: SynthOptions) -> tuple[int, int, int]:
+    """(train, dev, test) clip counts from `options.split_fractions`; DsitaError when a split
+    would get fewer clips than there are engines.
+    """
     dev, test = (round(n_clips * f) for f in options.split_fractions[1:])
     sizes = (n_clips - dev - test, dev, test)
     if min(sizes) < len(options.engines):
@@ -487,6 +500,7 @@ def tsv_bytes(rows: Iterable[Sequence[str]], header: Sequence[str]) -> bytes:
 
 
 def tsv_row(clip: PlannedClip) -> list[str]:
+    """The clip's row of the Common Voice TSVs, in TSV_COLUMNS order (locale `it`, 2 up votes)."""
     row = dict.fromkeys(TSV_COLUMNS, "")
     row.update(
         client_id=clip.speaker.client_id,
@@ -609,7 +623,7 @@ def _archive_tables(path: Path) -> dict[str, bytes]:
     try:
         with tarfile.open(path, mode="r|*") as tar:
             for member in tar:
-                tar.members = []  # stream mode keeps every TarInfo otherwise
+                tar.members = []  # type: ignore[attr-defined]  # else stream mode keeps every TarInfo
                 if member.isfile() and member.name.endswith(".tsv"):
                     extracted = tar.extractfile(member)
                     if extracted is not None:
@@ -625,6 +639,7 @@ def _table_sentences(data: bytes, source: str, alphabet: Alphabet) -> list[str]:
     """The normalized sentences of a Common Voice TSV or a DeepSpeech CSV; a TSV without a `sentence`
     column (`clip_durations.tsv`) has none."""
     is_tsv = source.endswith(".tsv")
+    quoting: Quoting
     delimiter, quoting, column = (
         ("\t", csv.QUOTE_NONE, "sentence") if is_tsv else (",", csv.QUOTE_MINIMAL, "transcript")
     )

@@ -16,7 +16,8 @@ from dsita.text.alphabet import Alphabet
 
 def _log(x: np.ndarray) -> np.ndarray:
     with np.errstate(divide="ignore"):
-        return np.log(x)
+        logs: np.ndarray = np.log(x)
+    return logs
 
 
 def align(logits: np.ndarray, text: str, alphabet: Alphabet, step_seconds: float) -> Transcript:

@@ -71,11 +71,15 @@ class BatchDecoder:
         self.close()
 
     def close(self) -> None:
+        """Shut the worker processes down, dropping queued work; safe to call twice."""
         if self._pool is not None:
             self._pool.shutdown(cancel_futures=True)
             self._pool = None
 
     def describe(self, options: DecoderOptions) -> str:
+        """The decoding `decode` does with `options`, in words for logs and reports (alpha and beta
+        defaulting to the scorer's).
+        """
         if self.scorer is None:
             return "greedy"
         alpha = self.scorer.alpha if options.alpha is None else options.alpha

@@ -96,6 +96,7 @@ def _kenlm_errors(scorer: Scorer) -> Iterator[None]:
 
 
 def check_alphabet(scorer: Scorer, alphabet: Alphabet) -> None:
+    """Raise DsitaError unless `scorer` was built for `alphabet` and the alphabet has the space label."""
     if scorer.alphabet() != alphabet:
         raise DsitaError(f"{scorer.folder}: the scorer was built for another alphabet than the model's")
     if " " not in alphabet:
@@ -132,6 +133,7 @@ class BeamDecoder:
         return segment.finish()
 
     def start(self) -> BeamSegment:
+        """A new incremental search over one segment, with this decoder's options and hot words."""
         return BeamSegment(self)
 
 
@@ -145,15 +147,18 @@ class BeamSegment:
         self._emissions: list[np.ndarray] = []  # log-probabilities, for the words' confidences
 
     def feed(self, logits: np.ndarray) -> None:
+        """Search the next (T, labels + 1) logits of the segment; a DsitaError for a wrong shape."""
         emissions = self.decoder.beam.check_logits(logits)
         if emissions.shape[0]:
             self._emissions.append(emissions)
             self._search.step(emissions)
 
     def transcript(self) -> Transcript:
+        """The best hypothesis so far, with word times and confidences (its finished words only)."""
         return self._words(self._search.best()[1])
 
     def finish(self) -> Transcript:
+        """Close the beam and return the segment's final transcript."""
         return self._words(self._search.end()[1])
 
     def _words(self, path: np.ndarray) -> Transcript:
@@ -188,6 +193,7 @@ class SegmentSearch:
         decoder.decode_begin()
 
     def step(self, emissions: np.ndarray) -> None:
+        """Search the next (T, labels + 1) frames of log-probabilities; RuntimeError after `end`."""
         if self._ended:
             raise RuntimeError("the search has ended")
         if emissions.shape[0]:

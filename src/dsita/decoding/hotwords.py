@@ -30,6 +30,7 @@ class HotWord:
 
     @property
     def words(self) -> list[str]:
+        """The entry's words, in order (a phrase is several)."""
         return self.text.split(" ")
 
 

@@ -24,7 +24,7 @@ from dsita.text.alphabet import Alphabet
 UNK = "<unk>"
 
 
-class WordLM(LM):
+class WordLM(LM):  # type: ignore[misc]  # flashlight-text has no stubs: LM is Any
     """KenLM over words, fed one label at a time, for the lexicon-free search.
 
     A space (or the end) scores the finished word: alpha times its log10 probability, plus beta. A partial
@@ -57,6 +57,10 @@ class WordLM(LM):
         return out, self._alpha * self._model.BaseScore(state, word, out) + self._beta
 
     def start(self, start_with_nothing: bool) -> LMState:
+        """The root state of a new utterance: after <s>, or no context at all (`start_with_nothing`).
+
+        Forgets the states of the previous utterance.
+        """
         state, ken = LMState(), kenlm.State()
         if start_with_nothing:
             self._model.NullContextWrite(ken)
@@ -66,6 +70,10 @@ class WordLM(LM):
         return state
 
     def score(self, state: LMState, token: int) -> tuple[LMState, float]:
+        """The state after `token` and its score: 0 within a known prefix, the unknown word's cost
+        when the partial word leaves the vocabulary, and at a space the finished word's score less
+        what it was charged.
+        """
         child = state.child(token)
         known = self._states.get(child)
         if known is None:
@@ -83,6 +91,7 @@ class WordLM(LM):
         return child, known[3]
 
     def finish(self, state: LMState) -> tuple[LMState, float]:
+        """The final state and the end score: the pending word (if any) and </s>, less what was charged."""
         ken, word, charged, _ = self._states[state]
         total = -charged
         if word:

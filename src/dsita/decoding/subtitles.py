@@ -100,7 +100,8 @@ def wrap(words: Sequence[str], max_line: int) -> list[str]:
     splits = [(" ".join(words[:i]), " ".join(words[i:])) for i in range(1, len(words))]
     even = [pair for pair in splits if max(map(len, pair)) <= max_line]
     if even:
-        return list(min(even, key=lambda pair: (max(map(len, pair)), -len(pair[1]))))
+        most_even = min(even, key=lambda pair: (max(map(len, pair)), -len(pair[1])))
+        return list(most_even)
     lines: list[str] = []
     for word in words:  # no even break into two: fill lines greedily
         if lines and len(lines[-1]) + 1 + len(word) <= max_line:

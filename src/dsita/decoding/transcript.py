@@ -112,15 +112,19 @@ class Transcript:
 
 
 class Decoder(Protocol):
+    """What turns one segment's logits into a `Transcript`: the greedy and beam decoders."""
+
     def decode(self, logits: np.ndarray) -> Transcript:
         """(T, n_outputs) unnormalised logits of one segment, the blank last, to its transcript."""
         ...
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
+    """Softmax over the last axis, computed stably (max subtracted first)."""
     shifted = logits - logits.max(axis=-1, keepdims=True)
     exp = np.exp(shifted)
-    return exp / exp.sum(axis=-1, keepdims=True)
+    probabilities: np.ndarray = exp / exp.sum(axis=-1, keepdims=True)
+    return probabilities
 
 
 def words_from_alignment(
@@ -150,10 +154,10 @@ def words_from_alignment(
             chars, confidences = [], []
             continue
         if not chars:
-            start = run_start
+            start = int(run_start)
         chars.append(char)
         confidences.append(float(probability))
-        end = run_end
+        end = int(run_end)
     if chars:
         words.append(_word(chars, confidences, start * step_seconds, end * step_seconds))
     return Transcript(" ".join(w.word for w in words), tuple(words))

@@ -19,7 +19,8 @@ from torch.utils.data import DataLoader
 
 from dsita.data.csvs import Sample, sample_duration
 from dsita.data.dataset import Batch, BucketBatchSampler, SpeechDataset, collate, load_samples
-from dsita.decoding.batch import BatchDecoder, DecoderOptions
+from dsita.decoding.batch import BatchDecoder
+from dsita.decoding.beam import DecoderOptions
 from dsita.fileio import atomic_write_text
 from dsita.lm.scorer import Scorer
 from dsita.model.base import AcousticModel
@@ -36,6 +37,8 @@ DECODE_SLICE = 64  # utterances decoded between two progress counts: enough to k
 
 @dataclass(frozen=True)
 class SampleResult:
+    """One utterance's reference, hypothesis and their WER and CER."""
+
     wav_filename: str
     reference: str
     hypothesis: str
@@ -45,6 +48,8 @@ class SampleResult:
 
 @dataclass(frozen=True)
 class EvaluationReport:
+    """A decoder's corpus WER and CER over a test set, with every utterance's result."""
+
     decoder: str
     wer: float
     cer: float
@@ -55,12 +60,14 @@ class EvaluationReport:
         return sorted(self.samples, key=lambda s: (s.wer, s.cer, s.wav_filename))
 
     def best_median_worst(self) -> list[tuple[str, SampleResult]]:
+        """The best, median and worst samples by WER (then CER), labelled; empty for no samples."""
         ranked = self.ranked()
         if not ranked:
             return []
         return [("best", ranked[0]), ("median", ranked[len(ranked) // 2]), ("worst", ranked[-1])]
 
     def save(self, path: Path) -> None:
+        """Write the report as indented UTF-8 JSON to `path`, atomically."""
         atomic_write_text(path, json.dumps(asdict(self), ensure_ascii=False, indent=1) + "\n")
 
 
@@ -96,6 +103,9 @@ def model_logits(
 
 
 def score(samples: Sequence[Sample], hypotheses: Sequence[str], decoder: str) -> EvaluationReport:
+    """The report for `hypotheses` against the samples' transcripts: corpus WER and CER (NaN for none)
+    and per-utterance scores.
+    """
     references = [s.transcript for s in samples]
     results = [
         SampleResult(str(s.wav_path), ref, hyp, jiwer.wer(ref, hyp), jiwer.cer(ref, hyp))

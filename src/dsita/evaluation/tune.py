@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import cast
 
 import jiwer
 import numpy as np
@@ -94,6 +95,8 @@ def short_search(
 
 @dataclass(frozen=True)
 class OptimizeResult:
+    """An alpha/beta search's outcome: the scorer with its new defaults, and the dev WER before and after."""
+
     scorer: Scorer  # with the new defaults
     alpha: float
     beta: float
@@ -134,7 +137,8 @@ def cached_logits(
                 return [saved[f"u{i}"] for i in range(len(saved.files) - 1)], True
     logits = compute()
     with atomic_write(path, "wb") as f:
-        np.savez(f, key=np.array(key), **{f"u{i}": x for i, x in enumerate(logits)})
+        # The ignore: mypy matches the ** arrays against savez's bool `allow_pickle` keyword as well.
+        np.savez(f, key=np.array(key), **{f"u{i}": x for i, x in enumerate(logits)})  # type: ignore[arg-type]
     return logits, False
 
 
@@ -173,7 +177,8 @@ def optimize(
         before, done = _start(study, scorer, options, dev_wer)
         ran = _trials(study, options, done, len(samples), dev_wer)
     best = study.best_trial
-    alpha, beta, after = float(best.params["alpha"]), float(best.params["beta"]), float(best.value)
+    alpha, beta = float(best.params["alpha"]), float(best.params["beta"])
+    after = float(cast(float, best.value))  # a completed trial's value: never None
     if after > before:  # the box left the current values out, and nothing in it did as well
         log.info(f"no trial beat dev WER {before:.2%} at alpha {scorer.alpha:g}, beta {scorer.beta:g}: kept")
         alpha, beta, after = scorer.alpha, scorer.beta, before
@@ -239,7 +244,7 @@ def _start(
         study.set_user_attr("dev_wer_before", before)
         if scorer.alpha <= options.max_alpha and scorer.beta <= options.max_beta:
             # The current defaults are a known point: the search starts from it and never ends worse.
-            box = {
+            box: dict[str, optuna.distributions.BaseDistribution] = {
                 "alpha": optuna.distributions.FloatDistribution(0.0, options.max_alpha),
                 "beta": optuna.distributions.FloatDistribution(0.0, options.max_beta),
             }

@@ -11,6 +11,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 from dsita.inference.package import ALPHABET_FILE as ALPHABET
 from dsita.inference.package import INPUT, LENGTHS_IN, LENGTHS_OUT, LOGITS, MODEL_FILE
@@ -170,7 +171,8 @@ def _features_in_words(m: Mapping[str, object]) -> str:
 
 def _graph_io(m: Mapping[str, object]) -> str:
     """What the graph takes and returns: a streaming graph with its state, or a segment graph."""
-    outputs = len(m["alphabet"]) + 1  # type: ignore[arg-type]
+    # The metadata's values are objects to the type checker; `make_release` writes these two as lists.
+    outputs = len(cast(list[str], m["alphabet"])) + 1
     step = f"one step every {m['output_step_ms']} ms; the CTC blank is last"
     features = f"`{INPUT}` (batch, time, {m['input_width']}) {_features_in_words(m)}"
     if m["graph"] == "segment":
@@ -179,7 +181,7 @@ def _graph_io(m: Mapping[str, object]) -> str:
             f"steps, {outputs}; {step}) and `{LENGTHS_OUT}` (batch). There is no streaming state: each call "
             "transcribes whole segments."
         )
-    names: list[str] = list(m["state_names"])  # type: ignore[call-overload]
+    names = list(cast(list[str], m["state_names"]))
     states_in = ", ".join(f"`previous_state_{name}`" for name in names)
     states_out = ", ".join(f"`new_state_{name}`" for name in names)
     return (

@@ -181,7 +181,7 @@ class _TrieClasses:
         self.final: list[bool] = []
         self.arcs: list[tuple[tuple[int, int], ...]] = []
         self.height: list[int] = []
-        self.depth_classes: list[array] = []
+        self.depth_classes: list[array[int]] = []
         self.root = self._visit(0, len(spellings), 0)
 
     def _visit(self, lo: int, hi: int, depth: int) -> int:

@@ -54,6 +54,10 @@ _ONNXRUNTIME_DIR = str(Path(onnxruntime.__file__).parent)
 
 @dataclass(frozen=True)
 class ExportOptions:
+    """How to export: the ONNX opset, int8 scale granularity, the traced example's size, and the
+    largest logit difference the fp32 check accepts.
+    """
+
     opset: int = 17
     per_channel: bool = False  # per-output-channel int8 scales; per-tensor measured as accurate and smaller
     example_batch: int = 2  # the traced example; batch and time stay dynamic in the graph
@@ -78,6 +82,7 @@ class StreamingGraph(nn.Module):
         }
 
     def forward(self, features: Tensor, *state: Tensor) -> tuple[Tensor, ...]:
+        """Logits of `features` from the given state tensors, and the state after them, as tensors."""
         output = self.model(features, None, self.model.import_state(state))
         return (output.logits, *self.model.export_state(output.state))
 
@@ -106,6 +111,7 @@ class SegmentGraph(nn.Module):
         self.model = model
 
     def forward(self, features: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """Logits of a padded batch and each item's number of valid output steps."""
         output = self.model(features, lengths)
         return output.logits, output.lengths
 
@@ -137,7 +143,7 @@ def export_fp32(
         torch.onnx.export(
             graph,
             tuple(torch.from_numpy(x) for x in example),
-            buffer,
+            buffer,  # type: ignore[arg-type]  # typed as a path; the TorchScript exporter takes a file too
             dynamo=False,
             opset_version=options.opset,
             input_names=list(graph.input_names),

@@ -299,5 +299,5 @@ def make_release(
     if clients is None and stale.exists():
         log.info("Removing %s: it belongs to an earlier export, of a DeepSpeech model", stale)
         stale.unlink()
-    files = {out_dir / name: (out_dir / name).stat().st_size for name in RELEASE_FILES if name in archives}
-    return ReleaseReport(files, parity, metadata, reason)
+    sizes = {out_dir / name: (out_dir / name).stat().st_size for name in RELEASE_FILES if name in archives}
+    return ReleaseReport(sizes, parity, metadata, reason)

@@ -136,7 +136,7 @@ class TfWeights:
     @property
     def n_hidden(self) -> int:
         """The LSTM's (and the hidden layers') width."""
-        return self.lstm_bias.shape[0] // 4
+        return int(self.lstm_bias.shape[0]) // 4
 
 
 def tf_weights(model: DeepSpeech) -> TfWeights:
@@ -473,22 +473,22 @@ def _directory_element(offset: int, name: str, length: int) -> bytes:
 def memmapped_package(graph: GraphBuilder, min_bytes: int = MIN_MEMMAPPED_BYTES) -> bytes:
     """The graph in TF's memmapped package format (see the module docstring)."""
     regions = [
-        node
+        (node.name, node.constant)
         for node in graph.nodes
         if isinstance(node.constant, np.ndarray) and node.constant.nbytes >= min_bytes
     ]
     parts: list[bytes] = []
     offset = 0
     directory = []
-    for node in regions:
+    for name, constant in regions:
         pad = -offset % MEMMAPPED_ALIGNMENT
         parts.append(b"\0" * pad)
         offset += pad
-        data = np.asarray(node.constant, node.constant.dtype.newbyteorder("<")).tobytes()
-        directory.append(_directory_element(offset, region_name(node.name), len(data)))
+        data = np.asarray(constant, constant.dtype.newbyteorder("<")).tobytes()
+        directory.append(_directory_element(offset, region_name(name), len(data)))
         parts.append(data)
         offset += len(data)
-    graph_def = graph.graph_def({node.name for node in regions})
+    graph_def = graph.graph_def({name for name, _ in regions})
     directory.append(_directory_element(offset, MEMMAPPED_GRAPH, len(graph_def)))
     parts.append(graph_def)
     offset += len(graph_def)

@@ -36,6 +36,7 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import flatbuffers
 import numpy as np
@@ -320,14 +321,16 @@ def _int_vector(b: flatbuffers.Builder, values: Sequence[int]) -> int:
     b.StartVector(4, len(values), 4)
     for value in reversed(values):
         b.PrependInt32(value)
-    return b.EndVector()
+    vector: int = b.EndVector()  # flatbuffers is untyped: its offsets are ints
+    return vector
 
 
 def _offset_vector(b: flatbuffers.Builder, offsets: Sequence[int]) -> int:
     b.StartVector(4, len(offsets), 4)
     for offset in reversed(offsets):
         b.PrependUOffsetTRelative(offset)
-    return b.EndVector()
+    vector: int = b.EndVector()
+    return vector
 
 
 def _byte_vector(b: flatbuffers.Builder, data: bytes, alignment: int) -> int:
@@ -335,13 +338,15 @@ def _byte_vector(b: flatbuffers.Builder, data: bytes, alignment: int) -> int:
     b.StartVector(1, len(data), alignment)
     b.head -= len(data)
     b.Bytes[b.head : b.head + len(data)] = data
-    return b.EndVector()
+    vector: int = b.EndVector()
+    return vector
 
 
 def _table(b: flatbuffers.Builder, n_slots: int, fields: Sequence[tuple[str, int, object]]) -> int:
     """A table from (kind, slot, value) fields; offsets ("offset") must already be built."""
     prepared = [
-        (kind, slot, _int_vector(b, value) if kind == "ints" else value) for kind, slot, value in fields
+        (kind, slot, _int_vector(b, cast(Sequence[int], value)) if kind == "ints" else value)
+        for kind, slot, value in fields
     ]
     b.StartObject(n_slots)
     for kind, slot, value in prepared:
@@ -359,7 +364,8 @@ def _table(b: flatbuffers.Builder, n_slots: int, fields: Sequence[tuple[str, int
             b.PrependFloat32Slot(slot, value, float("nan"))
         else:
             raise ValueError(f"unknown field kind {kind!r}")
-    return b.EndObject()
+    table: int = b.EndObject()
+    return table
 
 
 def _operator(b: flatbuffers.Builder, op: _Operator) -> int:

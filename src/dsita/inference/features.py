@@ -42,6 +42,9 @@ class NumpyMfcc:
         self.dct_matrix = dct_matrix(n_mfcc=n_mfcc)
 
     def __call__(self, samples: np.ndarray) -> np.ndarray:
+        """The MFCCs of every full window of mono `samples`: none (0 rows) below one window;
+        ValueError for anything but 1-D samples.
+        """
         samples = np.asarray(samples, dtype=np.float64)
         if samples.ndim != 1:
             raise ValueError(f"expected mono samples, got shape {samples.shape}")
@@ -51,7 +54,8 @@ class NumpyMfcc:
         spectrum = np.fft.rfft(frames * self.window, n=FFT_SIZE)
         magnitude = np.sqrt(spectrum.real**2 + spectrum.imag**2)
         mel = np.maximum(magnitude @ self.mel_matrix, LOG_FLOOR)
-        return (np.log(mel) @ self.dct_matrix).astype(np.float32)
+        mfcc: np.ndarray = (np.log(mel) @ self.dct_matrix).astype(np.float32)
+        return mfcc
 
 
 def _stack_context(padded: np.ndarray, n_context: int) -> np.ndarray:
@@ -85,13 +89,16 @@ class NumpyContextMfcc:
         self.reset()
 
     def features(self, samples: np.ndarray) -> np.ndarray:
+        """The (T, n_features) model input of a whole utterance: MFCCs with zero-padded context."""
         return context_windows(self.mfcc(samples), self.n_context)
 
     def reset(self) -> None:
+        """Forget the stream fed so far: the next `feed` starts a new stream."""
         self._samples = np.zeros(0, dtype=np.float32)  # samples after the last full window's start
         self._frames = np.zeros((self.n_context, self.mfcc.n_mfcc), dtype=np.float32)  # zero left pad
 
     def feed(self, samples: np.ndarray) -> np.ndarray:
+        """Add samples to the stream; the new steps whose right context is now complete (maybe none)."""
         self._samples = np.concatenate([self._samples, np.asarray(samples, dtype=np.float32)])
         frames = self.mfcc(self._samples)
         self._samples = self._samples[frames.shape[0] * STEP_SAMPLES :]
@@ -128,6 +135,7 @@ class NumpyLogMel:
         self.mel_matrix = log_mel_filterbank_matrix(n_mels)
 
     def features(self, samples: np.ndarray) -> np.ndarray:
+        """The (T, n_mels) normalised log-mels of mono `samples` (0 rows below one window)."""
         samples = np.asarray(samples, dtype=np.float64)
         if samples.ndim != 1:
             raise ValueError(f"expected mono samples, got shape {samples.shape}")
@@ -139,4 +147,5 @@ class NumpyLogMel:
         log_mel = np.log(np.maximum(power @ self.mel_matrix, LOG_MEL_FLOOR))
         mean = log_mel.mean(axis=0)
         std = np.sqrt(np.square(log_mel - mean).mean(axis=0))
-        return ((log_mel - mean) / (std + NORM_EPSILON)).astype(np.float32)
+        normalised: np.ndarray = ((log_mel - mean) / (std + NORM_EPSILON)).astype(np.float32)
+        return normalised

@@ -76,6 +76,8 @@ def onnx_session(model: str | Path | bytes, threads: int = 1) -> ort.InferenceSe
 
 @dataclass(frozen=True)
 class InferenceOptions:
+    """How a loaded model transcribes: decoder, threads, number writing, VAD cuts and conformer chunks."""
+
     use_lm: bool = True  # beam search with the package's scorer when it has one; greedy otherwise
     beam_width: int | None = None  # None: the decoder's default
     threads: int = 1
@@ -172,6 +174,7 @@ class SpeechModel:
         return "greedy"
 
     def initial_state(self) -> State:
+        """The zero (c, h) LSTM state a segment starts from, each (1, n_hidden)."""
         zeros = np.zeros((1, self.n_hidden), dtype=np.float32)
         return zeros, zeros
 
@@ -189,7 +192,8 @@ class SpeechModel:
             return np.zeros((0, len(self.alphabet) + 1), dtype=np.float32)
         feed = {INPUT: features[None], LENGTHS_IN: np.array([features.shape[0]], dtype=np.int64)}
         logits, lengths = self.session.run([LOGITS, LENGTHS_OUT], feed)
-        return logits[0, : int(lengths[0])]
+        segment_logits: np.ndarray = logits[0, : int(lengths[0])]
+        return segment_logits
 
     def window_logits(self, samples: np.ndarray) -> np.ndarray:
         """Samples of a stretch of audio, featurised as a segment of its own, through the segment graph."""
@@ -238,6 +242,7 @@ class SpeechModel:
 
     @property
     def sample_rate(self) -> int:
+        """The audio rate the model expects, from the package's metadata (16000)."""
         return int(self.metadata["sample_rate"])
 
     def stream(self, hotwords: Hotwords = None) -> Stream:
@@ -293,9 +298,13 @@ class Stream:
             self._advance(piece, ends)
 
     def intermediate(self) -> Transcript:
+        """The transcript so far: finished segments, then the open segment's finished words."""
         return self.model.written(Transcript.join([*self._done, self._placed(self._decoding.transcript())]))
 
     def finish(self) -> Transcript:
+        """Run the last samples, close the beam and return the whole transcript; the stream then
+        starts over, empty.
+        """
         self._finished.clear()
         self._advance(self.segmenter.flush(), ends=True)
         result = Transcript.join(self._done)

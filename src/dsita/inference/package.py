@@ -55,7 +55,7 @@ STATE_C_OUT, STATE_H_OUT = "new_state_c", "new_state_h"
 LENGTHS_IN, LENGTHS_OUT = "input_lengths", "output_lengths"  # (batch,) int64
 
 
-def metadata_props(values: dict[str, object]) -> dict[str, str]:
+def metadata_props(values: Mapping[str, object]) -> dict[str, str]:
     """ONNX metadata is string to string: strings stay as they are, anything else is written as JSON."""
     return {k: v if isinstance(v, str) else json.dumps(v, ensure_ascii=False) for k, v in values.items()}
 
@@ -189,7 +189,7 @@ def _listed_files(source: Path, path: Path) -> dict[str, tuple[int, str]]:
         digest = entry.get("sha256") if isinstance(entry, dict) else None
         if not (isinstance(size, int) and isinstance(digest, str) and re.fullmatch(r"[0-9a-f]{64}", digest)):
             raise DsitaError(f"{where} has a malformed entry for {name!r} (expected a size and a SHA-256)")
-        listed[name] = (size, digest)
+        listed[str(name)] = (size, digest)  # a JSON object's keys are strings
     return listed
 
 

@@ -25,27 +25,41 @@ State = tuple[np.ndarray, np.ndarray]  # (c, h), each (1, n_hidden)
 class RecurrentModel(Protocol):
     """The part of `SpeechModel` that `SegmentLogits` runs."""
 
-    def initial_state(self) -> State: ...
+    def initial_state(self) -> State:
+        """The state a segment starts from."""
+        ...
 
-    def run(self, features: np.ndarray, state: State) -> tuple[np.ndarray, State]: ...
+    def run(self, features: np.ndarray, state: State) -> tuple[np.ndarray, State]:
+        """(T, n_features) features from `state` -> (T, n_outputs) logits and the state after them."""
+        ...
 
 
 class SegmentAcoustics(Protocol):
     """A segment's samples in, its logits out, as they become computable."""
 
-    def push(self, samples: np.ndarray) -> np.ndarray: ...
+    def push(self, samples: np.ndarray) -> np.ndarray:
+        """More samples -> the logits they make computable (maybe none)."""
+        ...
 
-    def close(self) -> np.ndarray: ...
+    def close(self) -> np.ndarray:
+        """The segment has ended: the logits of the samples still held."""
+        ...
 
 
 class SegmentDecoding(Protocol):
     """A segment's logits in; the transcript of what is known so far, and the final one."""
 
-    def feed(self, logits: np.ndarray) -> None: ...
+    def feed(self, logits: np.ndarray) -> None:
+        """Decode the next frames' logits."""
+        ...
 
-    def transcript(self) -> Transcript: ...
+    def transcript(self) -> Transcript:
+        """The transcript of what is known so far."""
+        ...
 
-    def finish(self) -> Transcript: ...
+    def finish(self) -> Transcript:
+        """The segment has ended: its final transcript."""
+        ...
 
 
 class SegmentLogits:
@@ -91,9 +105,11 @@ class MfccLogits:
         self.logits = SegmentLogits(model, self.featurizer.n_features, n_outputs)
 
     def push(self, samples: np.ndarray) -> np.ndarray:
+        """More samples -> the logits of the whole chunks their features complete."""
         return self.logits.push(self.featurizer.feed(samples))
 
     def close(self) -> np.ndarray:
+        """The segment has ended: the logits of the remaining features, right context zero-padded."""
         last = self.logits.push(self.featurizer.flush())
         return np.concatenate([last, self.logits.close()])
 
@@ -107,12 +123,14 @@ class GreedySegment:
         self._probabilities: list[np.ndarray] = []
 
     def feed(self, logits: np.ndarray) -> None:
+        """Record each new frame's best label and its probability."""
         probabilities = softmax(np.asarray(logits, dtype=np.float32))
         best = probabilities.argmax(axis=-1)
         self._labels.append(best)
         self._probabilities.append(probabilities[np.arange(best.size), best])
 
     def transcript(self) -> Transcript:
+        """The words of the best labels so far, with times and confidences."""
         if not self._labels:
             return Transcript("")
         if len(self._labels) > 1:
@@ -122,4 +140,5 @@ class GreedySegment:
         return words_from_alignment(self._labels[0], self._probabilities[0], alphabet, step)
 
     def finish(self) -> Transcript:
+        """The final transcript: greedy decoding has nothing to close, so `transcript`."""
         return self.transcript()

@@ -23,6 +23,10 @@ FRAMES_PER_SECOND = SAMPLE_RATE / FRAME
 
 @dataclass(frozen=True)
 class VadOptions:
+    """Where the segmenter cuts: what counts as quiet, how long a pause must be, and the segment
+    lengths between which cuts may (and past which they must) fall.
+    """
+
     quiet_db: float = 35.0  # a frame is quiet this far below the segment's loudest frame...
     floor_db: float = -55.0  # ...or below this level (dB full scale)
     min_pause_s: float = 0.3  # quiet time that ends a segment
@@ -42,7 +46,8 @@ def frame_levels(samples: np.ndarray) -> np.ndarray:
     """dB full scale of each whole 20 ms frame of `samples` (RMS, floored at -120 dB)."""
     frames = samples[: samples.size // FRAME * FRAME].reshape(-1, FRAME).astype(np.float64)
     power = np.mean(frames * frames, axis=1)
-    return 10.0 * np.log10(np.maximum(power, 1e-12))
+    levels: np.ndarray = 10.0 * np.log10(np.maximum(power, 1e-12))
+    return levels
 
 
 class Segmenter:

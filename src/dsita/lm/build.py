@@ -39,6 +39,10 @@ COMPRESSION = {".gz": 4, ".xz": 5}  # how much larger Italian text is than its c
 
 @dataclass(frozen=True)
 class LmBuildOptions:
+    """How to build: n-gram order, vocabulary size, lmplz pruning and memory, trie quantization bits,
+    the scorer's default alpha and beta, where the KenLM binaries are, and the workers.
+    """
+
     order: int = 5
     top_k: int = 500_000
     prune: tuple[int, ...] = (0, 0, 1)
@@ -54,6 +58,10 @@ class LmBuildOptions:
 
 @dataclass(frozen=True)
 class LmBuildReport:
+    """What a build made: the scorer, the corpus statistics, the n-gram count of each order,
+    whether lmplz needed `--discount_fallback`, and the seconds it took.
+    """
+
     scorer: Scorer
     corpus: CorpusStats
     ngrams: tuple[int, ...]

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from functools import partial
 from itertools import islice
 from pathlib import Path
-from typing import IO
+from typing import IO, TypeVar
 
 from dsita.data.csvs import read_csv
 from dsita.data.sentences import default_sentences
@@ -31,6 +31,9 @@ CHUNK_LINES = 2000
 
 # (source index, line number, text); line 0 means "one sentence of the default corpus".
 Line = tuple[int, int, str]
+
+Item = TypeVar("Item")
+Output = TypeVar("Output")
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,7 @@ def _file_lines(index: int, path: Path) -> Iterator[Line]:
 
 
 def check_files(paths: Sequence[Path] | None) -> None:
+    """Raise DsitaError for the first corpus path that is not a file (None: no files to check)."""
     for path in paths or ():
         if not path.is_file():
             raise DsitaError(f"{path}: corpus file not found")
@@ -106,9 +110,11 @@ def _chunks(lines: Iterator[Line]) -> Iterator[list[Line]]:
         yield chunk
 
 
-def _map_ahead(executor: ProcessPoolExecutor, fn: Callable, items: Iterator, ahead: int) -> Iterator:
+def _map_ahead(
+    executor: ProcessPoolExecutor, fn: Callable[[Item], Output], items: Iterator[Item], ahead: int
+) -> Iterator[Output]:
     """`executor.map` in order with at most `ahead` tasks in flight (map would read a whole corpus first)."""
-    pending: deque[Future] = deque()
+    pending: deque[Future[Output]] = deque()
     for item in items:
         pending.append(executor.submit(fn, item))
         if len(pending) >= ahead:

@@ -47,14 +47,17 @@ class Scorer:
 
     @property
     def lm_path(self) -> Path:
+        """The KenLM binary in the folder."""
         return self.folder / LM_FILE
 
     @property
     def vocabulary_path(self) -> Path:
+        """The vocabulary file in the folder."""
         return self.folder / VOCABULARY_FILE
 
     @property
     def study_path(self) -> Path:
+        """The optimizer's study database, beside the folder (`<folder>.optimize.sqlite3`)."""
         return self.folder.parent / f"{self.folder.name}{STUDY_SUFFIX}"
 
     def files(self) -> list[Path]:
@@ -62,6 +65,7 @@ class Scorer:
         return [self.folder / name for name in (MANIFEST, LM_FILE, VOCABULARY_FILE, ALPHABET_FILE)]
 
     def alphabet(self) -> Alphabet:
+        """The alphabet the vocabulary is spelled in, read from the folder."""
         return Alphabet.load(self.folder / ALPHABET_FILE)
 
     def vocabulary(self) -> list[str]:
@@ -78,10 +82,12 @@ class Scorer:
         return words
 
     def size_bytes(self) -> int:
+        """The total size of the scorer's files."""
         return sum(path.stat().st_size for path in self.files())
 
 
 def manifest_dict(scorer: Scorer) -> dict[str, Any]:
+    """The manifest's fields for `scorer`, as `write_manifest` stores them."""
     return {
         "format": FORMAT,
         "version": VERSION,
@@ -98,6 +104,7 @@ def manifest_dict(scorer: Scorer) -> dict[str, Any]:
 
 
 def write_manifest(scorer: Scorer) -> None:
+    """Write `scorer`'s manifest.json into its folder (atomically), replacing the old one."""
     text = json.dumps(manifest_dict(scorer), ensure_ascii=False, indent=1)
     atomic_write_text(scorer.folder / MANIFEST, text + "\n")
 

@@ -58,6 +58,7 @@ class ModelConfig:
 
     @property
     def blank(self) -> int:
+        """The CTC blank's index: the last output."""
         return self.n_outputs - 1
 
     def size(self) -> dict[str, Any]:
@@ -71,6 +72,8 @@ class ModelConfig:
 
 
 class AcousticOutput(NamedTuple):
+    """What `AcousticModel.forward` returns: logits, valid output steps, and the state after them."""
+
     logits: Tensor  # (B, T_out, n_outputs), batch-first, unnormalised
     lengths: Tensor  # (B,) valid output steps per item
     state: State  # state after each item's last valid step, to feed the next chunk
@@ -118,10 +121,12 @@ class AcousticModel(nn.Module, ABC):
 
     @property
     def n_outputs(self) -> int:
+        """Outputs per step: the alphabet's labels and the blank."""
         return self.config.n_outputs
 
     @property
     def blank(self) -> int:
+        """The CTC blank's index: the last output."""
         return self.config.blank
 
     @abstractmethod
@@ -170,6 +175,7 @@ def register_architecture(model_class: M) -> M:
 
 
 def architectures() -> tuple[str, ...]:
+    """The names of the registered architectures, sorted."""
     return tuple(sorted(_ARCHITECTURES))
 
 

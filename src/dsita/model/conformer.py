@@ -43,6 +43,8 @@ ROPE_BASE = 10000.0  # the angle of dimension pair i advances by ROPE_BASE ** (-
 
 @dataclass(frozen=True)
 class ConformerConfig(ModelConfig):
+    """A conformer's sizes, named by presets (small, medium, tiny) or set field by field."""
+
     ARCHITECTURE: ClassVar[str] = "conformer"
     FEATURES: ClassVar[str] = LOG_MEL_FEATURES
     OUTPUT_STEP_SECONDS: ClassVar[float] = 4 * LOG_MEL_STEP_SAMPLES / SAMPLE_RATE  # x4 subsampling: 40 ms
@@ -90,6 +92,7 @@ class ConformerConfig(ModelConfig):
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
 
     def describe(self) -> str:
+        """The model in a few words, for the model card: blocks, width, heads and kernel."""
         return (
             f"a Conformer-CTC acoustic model ({self.n_layers} blocks of width {self.d_model}, {self.n_heads} "
             f"attention heads, convolution kernel {self.conv_kernel})"
@@ -101,7 +104,7 @@ def _halve(lengths: Tensor) -> Tensor:
     return (lengths + 1) // 2
 
 
-def _steps_below(lengths: Tensor, steps: int | Tensor) -> Tensor:
+def _steps_below(lengths: Tensor, steps: int) -> Tensor:
     """(B, steps) bool: True where the step is before the item's length."""
     return torch.arange(steps, device=lengths.device) < lengths[:, None]
 
@@ -118,6 +121,9 @@ class Subsampling(nn.Module):
         self.projection = nn.Linear(channels * frequencies, d_model)
 
     def forward(self, features: Tensor, lengths: Tensor) -> Tensor:
+        """(B, T, n_mels) features and (B,) lengths -> (B, ceil(T / 4), d_model); padding never
+        reaches a valid step.
+        """
         # The first convolution's last valid step can read one frame past the item's end: make it zero
         # whatever the caller padded with, as it is for the item alone.
         features = features * _steps_below(lengths, features.shape[1]).unsqueeze(-1).to(features.dtype)
@@ -127,10 +133,14 @@ class Subsampling(nn.Module):
         x = x * _steps_below(_halve(lengths), x.shape[2])[:, None, :, None].to(x.dtype)
         x = F.relu(self.conv_2(x))  # (B, C, T/4, F/4)
         batch, channels, steps, frequencies = x.shape
-        return self.projection(x.permute(0, 2, 1, 3).reshape(batch, steps, channels * frequencies))
+        flattened = x.permute(0, 2, 1, 3).reshape(batch, steps, channels * frequencies)
+        projected: Tensor = self.projection(flattened)
+        return projected
 
 
 class FeedForward(nn.Module):
+    """Pre-norm feed-forward module: LayerNorm, expansion by `ff_mult`, SiLU, projection, with dropout."""
+
     def __init__(self, d_model: int, ff_mult: int, dropout: float) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(d_model)
@@ -139,6 +149,7 @@ class FeedForward(nn.Module):
         self.dropout = dropout
 
     def forward(self, x: Tensor) -> Tensor:
+        """(B, T, d_model) -> (B, T, d_model), the residual left to the caller."""
         x = F.dropout(F.silu(self.up(self.norm(x))), self.dropout, self.training)
         return F.dropout(self.down(x), self.dropout, self.training)
 
@@ -151,6 +162,9 @@ def _rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 
 class SelfAttention(nn.Module):
     """Pre-norm multi-head self-attention with rotary positions and a key padding mask."""
+
+    # Registered buffers, declared for the type checker (nn.Module's __getattr__ returns Tensor | Module).
+    frequencies: Tensor
 
     def __init__(self, d_model: int, n_heads: int, dropout: float) -> None:
         super().__init__()
@@ -199,6 +213,10 @@ class ConvModule(nn.Module):
 
 
 class ConformerBlock(nn.Module):
+    """One conformer block: half feed-forward, self-attention, convolution, half feed-forward,
+    each residual, then LayerNorm.
+    """
+
     def __init__(self, config: ConformerConfig) -> None:
         super().__init__()
         d_model, dropout = config.d_model, config.dropout
@@ -209,15 +227,21 @@ class ConformerBlock(nn.Module):
         self.norm = nn.LayerNorm(d_model)
 
     def forward(self, x: Tensor, valid: Tensor, key_mask: Tensor) -> Tensor:
+        """(B, T, d_model) -> (B, T, d_model); `valid` (B, T, 1) marks valid steps, `key_mask`
+        (B, 1, 1, T) the keys attention may read.
+        """
         x = x + 0.5 * self.feed_forward_1(x)  # the macaron pair of half-step feed-forward modules
         x = x + self.attention(x, key_mask)
         x = x + self.conv(x, valid)
         x = x + 0.5 * self.feed_forward_2(x)
-        return self.norm(x)
+        normed: Tensor = self.norm(x)
+        return normed
 
 
 @register_architecture
 class Conformer(AcousticModel):
+    """Conformer-CTC over log-mels: subsampling by 4, conformer blocks, a linear head (see the module)."""
+
     config_class = ConformerConfig
     config: ConformerConfig
 
@@ -232,9 +256,11 @@ class Conformer(AcousticModel):
     def initial_state(
         self, batch_size: int, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32
     ) -> State:
+        """The empty state: a conformer carries nothing between calls."""
         return ()
 
     def output_lengths(self, feature_lengths: Tensor) -> Tensor:
+        """Steps after the two stride-2 convolutions: ceil(ceil(n / 2) / 2)."""
         return _halve(_halve(feature_lengths))
 
     def forward(

@@ -36,6 +36,8 @@ from dsita.model.features import ContextMfcc
 
 @dataclass(frozen=True)
 class DeepSpeechConfig(ModelConfig):
+    """DeepSpeech 0.9's sizes: hidden width, dropout, ReLU clip, MFCCs and context frames."""
+
     ARCHITECTURE: ClassVar[str] = "deepspeech"
     FEATURES: ClassVar[str] = MFCC_FEATURES
     OUTPUT_STEP_SECONDS: ClassVar[float] = STEP_SAMPLES / SAMPLE_RATE  # one logit per 20 ms MFCC frame
@@ -62,9 +64,11 @@ class DeepSpeechConfig(ModelConfig):
 
     @property
     def n_input(self) -> int:
+        """Features per step: (2 n_context + 1) n_mfcc, 494 by default."""
         return (2 * self.n_context + 1) * self.n_mfcc
 
     def describe(self) -> str:
+        """The model in a few words, for the model card."""
         return f"a DeepSpeech 0.9 acoustic model ({self.n_hidden} hidden units)"
 
 
@@ -75,6 +79,8 @@ def clipped_relu(x: Tensor, clip: float) -> Tensor:
 
 @register_architecture
 class DeepSpeech(AcousticModel):
+    """DeepSpeech 0.9's network over context-stacked MFCCs, with the LSTM state for streaming."""
+
     config_class = DeepSpeechConfig
     transfer_layers = ("layer_2", "layer_3", "lstm", "layer_5", "layer_6")  # 0.9 never dropped layer_1
     state_names = ("c", "h")  # DeepSpeech's graph: previous_state_c, previous_state_h, each (batch, n_hidden)
@@ -115,23 +121,33 @@ class DeepSpeech(AcousticModel):
     def initial_state(
         self, batch_size: int, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32
     ) -> State:
+        """Zero LSTM state as torch's (h, c), each (1, batch_size, n_hidden)."""
         shape = (1, batch_size, self.config.n_hidden)
         return torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype)
 
     def output_lengths(self, feature_lengths: Tensor) -> Tensor:
+        """One output step per feature frame: the lengths unchanged."""
         return feature_lengths
 
     def export_state(self, state: State) -> tuple[Tensor, ...]:
+        """torch's (h, c) state as the graph's (c, h), each (batch, n_hidden)."""
         h, c = state  # torch's (h, c), each (1, batch, n_hidden)
         return c.squeeze(0), h.squeeze(0)
 
     def import_state(self, tensors: tuple[Tensor, ...]) -> State:
+        """The graph's (c, h), each (batch, n_hidden), as torch's (h, c) state."""
         c, h = tensors
         return h.unsqueeze(0), c.unsqueeze(0)
 
     def forward(
         self, features: Tensor, feature_lengths: Tensor | None = None, state: State | None = None
     ) -> AcousticOutput:
+        """Logits of (B, T, n_input) features from `state`, and the LSTM state after each item's
+        last valid step.
+
+        With lengths, the LSTM stops at each item's length (packed); an empty chunk returns the state
+        unchanged.
+        """
         batch, steps = features.shape[:2]
         h0, c0 = state if state is not None else self.initial_state(batch, features.device, features.dtype)
         if feature_lengths is None:
@@ -158,7 +174,8 @@ class DeepSpeech(AcousticModel):
         on tensor cores) is safe, and the LSTM's products are a small share of the model's work."""
         h0, c0 = state
         with torch.autocast(h0.device.type, enabled=False):
-            return self.lstm(x, (h0.float(), c0.float()))
+            output: tuple[Any, tuple[Tensor, Tensor]] = self.lstm(x, (h0.float(), c0.float()))
+            return output
 
     def _packed_lstm(
         self, x: Tensor, lengths: Tensor, h0: Tensor, c0: Tensor

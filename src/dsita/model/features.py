@@ -73,6 +73,11 @@ class Mfcc(nn.Module):
     batches held, so an item's features do not depend on what it was batched with.
     """
 
+    # Registered buffers, declared for the type checker (nn.Module's __getattr__ returns Tensor | Module).
+    window: Tensor
+    mel_matrix: Tensor
+    dct_matrix: Tensor
+
     def __init__(self, n_mfcc: int = N_MFCC) -> None:
         super().__init__()
         self.n_mfcc = n_mfcc
@@ -91,9 +96,11 @@ class Mfcc(nn.Module):
             return x.new_zeros(x.shape[0], 0, N_BINS)
         frames = x.unfold(1, WINDOW_SAMPLES, STEP_SAMPLES) * self.window.to(dtype)
         spectrum = torch.fft.rfft(frames, n=FFT_SIZE)
-        return spectrum.real.square() + spectrum.imag.square()
+        power: Tensor = spectrum.real.square() + spectrum.imag.square()
+        return power
 
     def forward(self, waveforms: Tensor, lengths: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """MFCCs and frame counts of a padded batch, computed with autocast off (float32 or float64)."""
         # Never in reduced precision under a training loop's autocast: the log of small mel energies needs
         # float32 at least.
         with torch.autocast(waveforms.device.type, enabled=False):
@@ -138,9 +145,11 @@ class ContextMfcc(Featurizer):
         self.step_samples = STEP_SAMPLES
 
     def frame_lengths(self, sample_lengths: Tensor) -> Tensor:
+        """Full 512-sample windows every 320 samples in each item (`n_frames`)."""
         return n_frames(sample_lengths)
 
     def forward(self, waveforms: Tensor, lengths: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """(B, samples) waveforms -> (B, T, n_features) context-stacked MFCCs and (B,) frame counts."""
         mfcc, frame_lengths = self.mfcc(waveforms, lengths)
         return context_windows(mfcc, self.n_context), frame_lengths
 
@@ -159,6 +168,10 @@ class LogMel(Featurizer):
     The result is float32 (float64 for float64 input).
     """
 
+    # Registered buffers, declared for the type checker (nn.Module's __getattr__ returns Tensor | Module).
+    window: Tensor
+    mel_matrix: Tensor
+
     def __init__(self, n_mels: int = N_LOG_MEL) -> None:
         super().__init__()
         self.n_features = self.frame_size = n_mels
@@ -169,9 +182,11 @@ class LogMel(Featurizer):
         self.register_buffer("mel_matrix", torch.from_numpy(mel_matrix), persistent=False)
 
     def frame_lengths(self, sample_lengths: Tensor) -> Tensor:
+        """Full 400-sample windows every 160 samples in each item, never below 0."""
         return ((sample_lengths - LOG_MEL_WINDOW_SAMPLES) // LOG_MEL_STEP_SAMPLES + 1).clamp_min(0)
 
     def forward(self, waveforms: Tensor, lengths: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Normalised log-mels and frame counts of a padded batch, computed with autocast off."""
         with torch.autocast(waveforms.device.type, enabled=False):
             return self._log_mel(waveforms, lengths)
 

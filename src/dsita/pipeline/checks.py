@@ -46,6 +46,7 @@ def prepare_data_dir(root: Path) -> None:
 
 
 def missing_archive_message(archive: Path) -> str:
+    """The error for a missing Common Voice archive: where to download it and where to save it."""
     return (
         f"{archive} not found: download Common Voice Italian from {CV_DOWNLOAD} and save the archive as "
         f"{archive} (or set FAST_TRAIN=1 to try the pipeline on the bundled sample corpus)"

@@ -24,6 +24,10 @@ from dsita.training.runtime import Distributed
 
 @dataclass(frozen=True)
 class Context:
+    """What every step gets: the settings, DATA_DIR's layout and manifest, the selected and pending
+    steps, the distributed ranks, the worker count and whether to show progress bars.
+    """
+
     settings: Settings
     layout: Layout
     manifest: Manifest
@@ -34,23 +38,28 @@ class Context:
     progress: bool = False
 
     def alphabet(self) -> Alphabet:
+        """The alphabet the alphabet step wrote; DsitaError when the file is missing."""
         if not self.layout.alphabet.is_file():
             raise DsitaError(f"{self.layout.alphabet} is missing: the alphabet step writes it")
         return Alphabet.load(self.layout.alphabet)
 
     def extra_csvs(self) -> list[Path]:
+        """The CSVs the import step writes for EXTRA_CORPORA, one folder each."""
         return [self.layout.extracted / "extra" / name / f"{name}.csv" for name in extra_names(self.settings)]
 
     def train_csvs(self) -> list[Path]:
+        """The training CSVs: the imported train split, then the extra corpora."""
         return [self.layout.split_csv("train"), *self.extra_csvs()]
 
     def scorer(self) -> Path | None:
+        """The scorer folder when the lm step has built one (its manifest exists), else None."""
         from dsita.lm.scorer import MANIFEST
 
         return self.layout.scorer if (self.layout.scorer / MANIFEST).is_file() else None
 
 
 def extra_names(settings: Settings) -> list[str]:
+    """A folder name per EXTRA_CORPORA table: its position and file stem, other characters as `_`."""
     return [f"{i}-{re.sub(r'[^A-Za-z0-9_.-]', '_', p.stem)}" for i, p in enumerate(settings.extra_corpora, 1)]
 
 
@@ -67,6 +76,10 @@ def _no_reason(ctx: Context) -> str | None:
 
 @dataclass(frozen=True)
 class Step:
+    """One step of `dsita run`: its action, and what decides whether it must run again (the settings
+    it reads, the steps whose products it uses, its outside inputs, its products), and when it is skipped.
+    """
+
     name: str
     action: Callable[[Context], Report]
     settings: tuple[str, ...] = ()

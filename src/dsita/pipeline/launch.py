@@ -125,7 +125,10 @@ def launch(plan: LaunchPlan, entrypoint: Callable[..., Any], *args: Any) -> dict
         agent_log.addFilter(quiet)
         handlers = {number: signal.getsignal(number) for number in HANDLED_SIGNALS}
         try:
-            return elastic_launch(config, _child)(os.getpid(), plan.device, errors, entrypoint, *args)
+            results: dict[int, Any] = elastic_launch(config, _child)(
+                os.getpid(), plan.device, errors, entrypoint, *args
+            )
+            return results
         except ChildFailedError as failed:
             message = _first_error(errors)
             if message is None:

@@ -9,7 +9,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from dsita.errors import DsitaError
-from dsita.export.release import RELEASE_CHECKPOINT, RELEASE_FILES, RELEASE_FP32, RELEASE_ZIP
+from dsita.export.card import RELEASE_CHECKPOINT, RELEASE_FP32, RELEASE_ZIP
+from dsita.export.release import RELEASE_FILES
 from dsita.fileio import atomic_write
 from dsita.pipeline.context import Context, Report
 from dsita.pipeline.state import Layout
@@ -101,6 +102,7 @@ def short_lm_search(ctx: Context) -> Report | None:
 
 
 def no_test_split(ctx: Context) -> str | None:
+    """Why the test step is skipped: no test split was imported (None: it runs)."""
     return None if ctx.layout.split_csv("test").is_file() else "no test split imported"
 
 
@@ -125,6 +127,7 @@ def _release(ctx: Context) -> Report:
 
 
 def export_model(ctx: Context) -> Report:
+    """The export step: write the release files into models/; reports their sizes and the ONNX parity."""
     return _release(ctx)
 
 
@@ -135,6 +138,7 @@ def release_names(folder: Path) -> list[str]:
 
 
 def model_files(ctx: Context) -> list[Path]:
+    """The release files the export writes in models/ (the export and lm-optimize products)."""
     return [ctx.layout.models / name for name in release_names(ctx.layout.models)]
 
 
@@ -169,6 +173,9 @@ def export_checkpoint(settings: Settings, layout: Layout) -> Path:
 
 
 def optimize_lm(ctx: Context) -> Report:
+    """The lm-optimize step: search alpha and beta in LM_EVALUATE_RANGE on dev, evaluate the test
+    split with the LM when one was imported, and export again with the new defaults.
+    """
     from dsita.evaluation.tune import OptimizeOptions, optimize_checkpoint
 
     box = ctx.settings.lm_evaluate_range
@@ -198,6 +205,7 @@ def optimize_lm(ctx: Context) -> Report:
 
 
 def no_range(ctx: Context) -> str | None:
+    """Why lm-optimize is skipped: LM_EVALUATE_RANGE is empty (None: it runs)."""
     return None if ctx.settings.lm_evaluate_range else "LM_EVALUATE_RANGE is empty"
 
 
@@ -230,4 +238,5 @@ def package(ctx: Context) -> Report:
 
 
 def release_products(ctx: Context) -> list[Path]:
+    """The release files the package step publishes in DATA_DIR."""
     return [ctx.layout.root / name for name in release_names(ctx.layout.models)]

@@ -29,8 +29,9 @@ from rich.table import Table
 from dsita.errors import DsitaError, PrintableLog
 from dsita.fileio import atomic_write_text
 from dsita.pipeline.checks import LOG_BYTES, disk_needs, prepare_data_dir
+from dsita.pipeline.context import Context, Step
 from dsita.pipeline.state import Layout, Manifest, make_key, run_lock
-from dsita.pipeline.steps import BY_NAME, STEP_NAMES, STEPS, Context, Step
+from dsita.pipeline.steps import BY_NAME, STEP_NAMES, STEPS
 from dsita.pipeline.summary import Outcome, render_text, summary_tables
 from dsita.settings import Settings
 from dsita.system import DISK_ERRNOS, disk_error, disk_errors, disk_message
@@ -46,6 +47,8 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 @dataclass(frozen=True)
 class RunOptions:
+    """What `dsita run` was asked for: the steps to run, those to force, workers and progress bars."""
+
     steps: tuple[str, ...] = STEP_NAMES  # checks and alphabet run in any case
     force: tuple[str, ...] = ()  # run these even when up to date
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
@@ -66,6 +69,8 @@ class RunOptions:
 
 @dataclass(frozen=True)
 class RunResult:
+    """What a `dsita run` did: each step's outcome, the summary tables, and where they were written."""
+
     outcomes: list[Outcome]
     tables: list[Table]
     summary_path: Path
@@ -91,6 +96,9 @@ class TrainGate:
         self.group = dist.new_group(backend="gloo", timeout=timedelta(days=30))
 
     def decide(self, train: bool) -> bool:
+        """Whether to train: rank 0's `train`, broadcast to the other ranks on the first call only;
+        later calls, and single-process runs, return `train` unchanged.
+        """
         import torch.distributed as dist
 
         if self.distributed.world_size == 1 or self.sent:

@@ -45,26 +45,32 @@ class Layout:
 
     @property
     def sources(self) -> Path:
+        """DATA_DIR/sources: the downloaded archive goes here."""
         return self.root / "sources"
 
     @property
     def archive(self) -> Path:
+        """DATA_DIR/sources/it.tar.gz: the Common Voice Italian archive."""
         return self.sources / "it.tar.gz"
 
     @property
     def extracted(self) -> Path:
+        """DATA_DIR/extracted: the imported clips and split CSVs."""
         return self.root / "extracted"
 
     @property
     def lm(self) -> Path:
+        """DATA_DIR/lm: the language model's folder, which holds the scorer."""
         return self.root / "lm"
 
     @property
     def scorer(self) -> Path:
+        """DATA_DIR/lm/scorer: the scorer the lm step builds."""
         return self.lm / "scorer"
 
     @property
     def checkpoints(self) -> Path:
+        """DATA_DIR/checkpoints: the training run's checkpoints and test reports."""
         return self.root / "checkpoints"
 
     @property
@@ -74,17 +80,21 @@ class Layout:
 
     @property
     def models(self) -> Path:
+        """DATA_DIR/models: the export's release files."""
         return self.root / "models"
 
     @property
     def alphabet(self) -> Path:
+        """DATA_DIR/models/alphabet.txt: the alphabet every later step reads."""
         return self.models / "alphabet.txt"
 
     @property
     def logs(self) -> Path:
+        """DATA_DIR/logs: a log file per step and the run's summary."""
         return self.root / "logs"
 
     def split_csv(self, split: str) -> Path:
+        """The imported CSV of `split` (train, dev or test) in DATA_DIR/extracted."""
         return self.extracted / f"{split}.csv"
 
     def relative(self, path: Path) -> str:
@@ -137,7 +147,7 @@ def run_lock(data_dir: Path, command: str = "dsita run") -> Iterator[Path]:
     previous = _read_holder(fd)
     if previous:
         log.info("A previous command (%s) ended without releasing %s; taking it over", previous, path)
-    holder = {
+    our_holder = {
         "pid": os.getpid(),
         "host": socket.gethostname(),
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -145,7 +155,7 @@ def run_lock(data_dir: Path, command: str = "dsita run") -> Iterator[Path]:
     }
     try:
         os.ftruncate(fd, 0)
-        os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
+        os.pwrite(fd, (json.dumps(our_holder) + "\n").encode(), 0)
         yield path
     finally:
         path.unlink(missing_ok=True)
@@ -199,18 +209,22 @@ class Manifest:
                 log.warning("%s: another format version; every step will run again", self.path)
 
     def record(self, step: str) -> dict[str, Any] | None:
+        """What the manifest holds for `step` (key, finish time, seconds, report), or None."""
         return self.steps.get(step)
 
     def finish(self, step: str, key: str, report: dict[str, Any], seconds: float) -> None:
+        """Record `step` as finished now with its key and report, and save the manifest."""
         finished = time.strftime("%Y-%m-%d %H:%M:%S")
         self.steps[step] = {"key": key, "finished": finished, "seconds": round(seconds, 1), "report": report}
         self.save()
 
     def forget(self, step: str) -> None:
+        """Drop `step`'s record so that it runs again, saving the manifest if there was one."""
         if self.steps.pop(step, None) is not None:
             self.save()
 
     def save(self) -> None:
+        """Write the manifest to DATA_DIR/dsita-run.json, atomically."""
         data = {"version": MANIFEST_VERSION, "steps": self.steps, "digests": self.digests}
         atomic_write_text(self.path, json.dumps(data, indent=1, ensure_ascii=False) + "\n")
 
@@ -230,6 +244,7 @@ class Manifest:
         return value
 
     def digests_of(self, paths: Iterable[Path]) -> dict[str, str | None]:
+        """`digest` of each path, keyed by its name in the manifest (`Layout.relative`)."""
         return {self.layout.relative(p): self.digest(p) for p in paths}
 
     def identity(self, path: Path) -> list[Any]:
@@ -242,4 +257,5 @@ class Manifest:
 
 
 def make_key(parts: dict[str, Any]) -> str:
+    """A short (16 hex digits) SHA-256 of `parts` as sorted JSON: a step's key."""
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -43,10 +43,14 @@ METADATA_SETTINGS = ("model_name", "model_author", "model_version", "model_licen
 
 
 def checks(ctx: Context) -> Report:
+    """The checks step: check what the selected steps need (see `run_checks`) and report it."""
     return run_checks(ctx.settings, ctx.layout, ctx.manifest, ctx.selected, ctx.pending)
 
 
 def alphabet(ctx: Context) -> Report:
+    """The alphabet step: write the settings' alphabet unless the file exists; an existing different
+    one is kept (with a warning). Reports the label count and the path.
+    """
     wanted = alphabet_for(ctx.settings)
     path = ctx.layout.alphabet
     if not path.is_file():
@@ -73,6 +77,12 @@ def _import_inputs(ctx: Context) -> list[Any]:
 
 
 def import_corpora(ctx: Context) -> Report:
+    """The import step: import Common Voice (or the FAST_TRAIN sample) and EXTRA_CORPORA into
+    DATA_DIR/extracted; reports hours and clips per split.
+
+    A DsitaError when there is nothing to import, the archive's SHA-256 is not CV_SHA256, or a corpus
+    yields no usable clip.
+    """
     from dsita.data.clips import report_tables
     from dsita.data.commonvoice import import_common_voice
     from dsita.data.own_csv import import_own_csv
@@ -115,6 +125,9 @@ def import_corpora(ctx: Context) -> Report:
 
 
 def build_lm(ctx: Context) -> Report:
+    """The lm step: build the scorer from the LM corpus, leaving out the dev and test sentences;
+    reports the corpus, vocabulary size, n-gram counts and size.
+    """
     from dsita.lm.build import build_scorer
     from dsita.lm.corpus import evaluation_sentences
 
@@ -152,6 +165,9 @@ def _transfer_inputs(ctx: Context) -> list[Any]:
 
 
 def train_model(ctx: Context) -> Report:
+    """The train step: train (or resume) the acoustic model on the train CSVs, from a converted
+    DeepSpeech checkpoint with TRANSFER_LEARNING; reports the best checkpoint and dev loss.
+    """
     from dsita.convert.deepspeech import ensure_dsita_checkpoint
     from dsita.training.checkpoint import LAST
     from dsita.training.loop import model_config, train

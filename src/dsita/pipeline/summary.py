@@ -13,9 +13,9 @@ from rich.console import Console
 from rich.table import Table
 
 from dsita.errors import DsitaError
-from dsita.export.release import RELEASE_TENSORFLOW, evaluation_metrics
+from dsita.export.card import RELEASE_TENSORFLOW, evaluation_metrics
+from dsita.export.release import RELEASE_FILES
 from dsita.lm.scorer import Scorer, load_scorer
-from dsita.pipeline.publish import RELEASE_FILES
 from dsita.pipeline.state import Layout, Manifest
 from dsita.training.checkpoint import BEST_DEV
 
@@ -24,6 +24,8 @@ MB = 1e6
 
 @dataclass(frozen=True)
 class Outcome:
+    """What one step did in this run: ran, up to date, skipped or not selected, why, and its seconds."""
+
     step: str
     status: str  # "ran", "up to date", "skipped", "not selected"
     detail: str = ""
@@ -48,6 +50,7 @@ def _size(path: Path) -> str:
 
 
 def summary_tables(layout: Layout, manifest: Manifest, outcomes: list[Outcome]) -> list[Table]:
+    """The summary: steps of this run, data imported, test results with alpha and beta, artifacts."""
     steps = Table("step", "status", "seconds", "", title="steps (this run)")
     for o in outcomes:
         steps.add_row(o.step, o.status, f"{o.seconds:.1f}" if o.status == "ran" else "", o.detail)

@@ -213,6 +213,11 @@ class Session:
         self.heard_audio = False  # since the last config, reset or start
 
     async def run(self) -> None:
+        """Handle the connection's messages until the client ends it, errs or falls silent.
+
+        A protocol or dsita error closes it with that message, a bug of ours with an internal error (logged);
+        no message for `idle_timeout_s` closes it, and a client that stops reading replies is cut off.
+        """
         timeout = self.server.options.idle_timeout_s or None
         while True:
             try:

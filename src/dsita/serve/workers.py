@@ -17,15 +17,18 @@ import multiprocessing
 import os
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
 from dsita.errors import DsitaError
 from dsita.serve.protocol import SessionConfig
 from dsita.serve.session import Recognizer
+
+Result = TypeVar("Result")
 
 
 class Workers(Protocol):
@@ -60,22 +63,27 @@ class ThreadWorkers:
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="dsita-serve")
         self._recognizers: dict[int, Recognizer] = {}
 
-    async def _run(self, function: Any, *args: Any) -> Any:
+    async def _run(self, function: Callable[..., Result], *args: Any) -> Result:
         return await asyncio.get_running_loop().run_in_executor(self._pool, function, *args)
 
     async def open(self, key: int, config: SessionConfig) -> None:
+        """A fresh recognizer for session `key`, built on a pool thread."""
         self._recognizers[key] = await self._run(Recognizer, self.model, config)
 
     async def accept(self, key: int, pcm: bytes) -> str:
+        """Feed one audio frame to session `key`'s recognizer on a pool thread; its reply."""
         return await self._run(self._recognizers[key].accept, pcm)
 
     async def finish(self, key: int) -> str:
+        """End session `key`'s utterance on a pool thread; its result."""
         return await self._run(self._recognizers[key].finish)
 
     def close(self, key: int) -> None:
+        """Forget session `key`'s recognizer (nothing if it has none)."""
         self._recognizers.pop(key, None)
 
     def shutdown(self) -> None:
+        """Stop the threads without waiting; queued calls are cancelled."""
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
@@ -143,18 +151,22 @@ class ProcessWorkers:
             raise DsitaError("the worker process of this session died; open a new session") from None
 
     async def open(self, key: int, config: SessionConfig) -> None:
+        """A fresh recognizer for session `key` in its process: the least loaded one for a new session."""
         if key not in self._home:
             self._home[key] = min(range(len(self._pools)), key=self._load.__getitem__)
             self._load[self._home[key]] += 1
         await self._run(key, "open", config)
 
     async def accept(self, key: int, pcm: bytes) -> str:
+        """Feed one audio frame to session `key`'s recognizer in its process; its reply."""
         return await self._run(key, "accept", pcm)
 
     async def finish(self, key: int) -> str:
+        """End session `key`'s utterance in its process; its result."""
         return await self._run(key, "finish")
 
     def close(self, key: int) -> None:
+        """Forget session `key`: its process drops the recognizer (a dead process is left alone)."""
         home = self._home.pop(key, None)
         if home is not None:
             self._load[home] -= 1
@@ -173,5 +185,6 @@ class ProcessWorkers:
                 ) from None
 
     def shutdown(self) -> None:
+        """Stop every worker process without waiting; queued calls are cancelled."""
         for pool in self._pools:
             pool.shutdown(wait=False, cancel_futures=True)

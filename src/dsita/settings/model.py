@@ -10,9 +10,10 @@ environment and env files come in through `dsita.settings.load_settings`.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 from pydantic import AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
@@ -64,11 +65,11 @@ def _parse_range(value: Any) -> LmEvaluateRange | None:
     if not text:
         return None
     if " " in text or text.count(",") == 1:
-        pairs = tuple(_numbers(word, 2) for word in text.split())
+        pairs = tuple(cast(tuple[float, float], _numbers(word, 2)) for word in text.split())
         if any(v < 0 for pair in pairs for v in pair):
             raise ValueError("out of range")
         alphas, betas = zip(*pairs, strict=True)
-        return LmEvaluateRange(max(alphas), max(betas), len(pairs), pairs)  # type: ignore[arg-type]
+        return LmEvaluateRange(max(alphas), max(betas), len(pairs), pairs)
     max_alpha, max_beta, n_trials = _numbers(text, 3)
     if max_alpha < 0 or max_beta < 0 or n_trials < 1 or n_trials != int(n_trials):
         raise ValueError("out of range")
@@ -92,8 +93,8 @@ def _parse_paths(value: Any) -> tuple[Path, ...]:
 PathList = Annotated[tuple[Path, ...], BeforeValidator(_parse_paths)]
 
 
-def _interval(lowest: float) -> Any:
-    """The type of a `MIN,MAX` setting: two finite numbers with lowest < MIN <= MAX, as a tuple."""
+def _interval(lowest: float) -> Callable[[Any], tuple[float, float]]:
+    """The parser of a `MIN,MAX` setting: two finite numbers with lowest < MIN <= MAX, as a tuple."""
 
     def parse(value: Any) -> tuple[float, float]:
         parts = value if isinstance(value, tuple | list) else str(value).split(",")
@@ -104,13 +105,13 @@ def _interval(lowest: float) -> Any:
             raise ValueError("out of range")
         return low, high
 
-    return Annotated[tuple[float, float], BeforeValidator(parse)]
+    return parse
 
 
-DecibelRange = _interval(-math.inf)
-SecondsRange = _interval(0.0)
-FactorRange = _interval(0.0)
-SemitoneRange = _interval(-math.inf)
+DecibelRange = Annotated[tuple[float, float], BeforeValidator(_interval(-math.inf))]
+SecondsRange = Annotated[tuple[float, float], BeforeValidator(_interval(0.0))]
+FactorRange = Annotated[tuple[float, float], BeforeValidator(_interval(0.0))]
+SemitoneRange = Annotated[tuple[float, float], BeforeValidator(_interval(-math.inf))]
 
 
 def _parse_codecs(value: Any) -> tuple[str, ...]:
@@ -814,20 +815,25 @@ class Settings(BaseModel):
         return data
 
     @classmethod
+    def _env_keywords(cls, field: str) -> dict[str, Any]:
+        """The field's "env", "aliases" and "expect", which `_env` gave every field."""
+        return cast(dict[str, Any], cls.model_fields[field].json_schema_extra)
+
+    @classmethod
     def field_env_name(cls, field: str) -> str:
         """The environment variable of a field (its main name)."""
-        return str(cls.model_fields[field].json_schema_extra["env"])  # type: ignore[index]
+        return str(cls._env_keywords(field)["env"])
 
     @classmethod
     def field_env_names(cls, field: str) -> list[str]:
         """The environment variable of a field and its aliases."""
-        extra = cls.model_fields[field].json_schema_extra
-        return [extra["env"], *extra["aliases"]]  # type: ignore[index]
+        extra = cls._env_keywords(field)
+        return [extra["env"], *extra["aliases"]]
 
     @classmethod
     def expected(cls, field: str) -> str:
         """What a valid value of a field looks like, in words."""
-        return str(cls.model_fields[field].json_schema_extra["expect"])  # type: ignore[index]
+        return str(cls._env_keywords(field)["expect"])
 
     @property
     def transfer_checkpoint_path(self) -> Path:

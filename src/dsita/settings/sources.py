@@ -103,12 +103,11 @@ def describe_error(exc: ValidationError, sources: Mapping[str, Source] | None = 
     """The first validation error as one line: the variable, what it must be, what it got, and from where."""
     error = exc.errors()[0]
     field = str(error["loc"][0]) if error["loc"] else ""
-    for name, info in Settings.model_fields.items():
-        extra = info.json_schema_extra
-        if field == name or field in [extra["env"], *extra["aliases"]]:  # type: ignore[index]
+    for name in Settings.model_fields:
+        if field == name or field in Settings.field_env_names(name):
             where = _where(sources.get(name, "default")) if sources else ""
             got = str(error.get("input"))
-            return f"{extra['env']} must be {extra['expect']}, got {got!r}{where}"  # type: ignore[index]
+            return f"{Settings.field_env_name(name)} must be {Settings.expected(name)}, got {got!r}{where}"
     return f"invalid settings: {error['msg']}"
 
 

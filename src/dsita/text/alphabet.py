@@ -1,7 +1,7 @@
-"""The model's output labels, in DeepSpeech's `alphabet.txt` format.
+r"""The model's output labels, in DeepSpeech's `alphabet.txt` format.
 
 The file has one label per line (UTF-8). A line starting with `#` is a comment; a label that is itself `#`
-is written `\\#`, as DeepSpeech does. A line holding a single space is the space label. The CTC blank is not
+is written `\#`, as DeepSpeech does. A line holding a single space is the space label. The CTC blank is not
 in the file: it is the extra output after the last label (`blank_index == len(alphabet)`).
 """
 

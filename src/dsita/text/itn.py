@@ -274,7 +274,7 @@ def _money(words: _Transcript, i: int, amount: Amount | None) -> Span | None:
 
 
 def _cents(words: _Transcript, k: int) -> tuple[int | None, int]:
-    """ "e cinquanta (centesimi)", "e un centesimo" from word k: (cents or None, the end of the amount)."""
+    """From word k, "e cinquanta (centesimi)" or "e un centesimo": (cents or None, the end of the amount)."""
     if words.get(k) != "e":
         return None, k
     if words.get(k + 1) == "un" and words.get(k + 2) == "centesimo":
@@ -286,7 +286,7 @@ def _cents(words: _Transcript, k: int) -> tuple[int | None, int]:
 
 
 def _ordinal_value(token: str) -> tuple[int, str] | None:
-    """ "ventitreesimo" -> (23, "º"), "undicesima" -> (11, "ª"): the ordinals num2words writes, from 11 on."""
+    """Ordinals num2words writes, from 11 on: "ventitreesimo" -> (23, "º"), "undicesima" -> (11, "ª")."""
     if len(token) < 7 or token[-5:] not in ("esimo", "esima"):
         return None
     stem = token[:-5]

@@ -227,7 +227,7 @@ def _decimal_part(digits: str) -> str:
 
 
 def _ordinal(number: str, feminine: bool) -> str:
-    words = num2words(int(number), lang="it", to="ordinal")
+    words: str = num2words(int(number), lang="it", to="ordinal")
     return words[:-1] + "a" if feminine and words.endswith("o") else words
 
 

@@ -33,14 +33,14 @@ def average_state_dicts(states: Sequence[dict[str, Tensor]]) -> dict[str, Tensor
     newest = states[-1]
     averaged: dict[str, Tensor] = {}
     for key, value in newest.items():
-        tensors = [state.get(key) for state in states]
-        if any(t is None or t.shape != value.shape for t in tensors):
+        tensors = [t for state in states if (t := state.get(key)) is not None and t.shape == value.shape]
+        if len(tensors) != len(states):
             raise DsitaError(f"cannot average checkpoints: {key!r} is missing or differs in shape")
         if not value.is_floating_point():
             averaged[key] = value.clone()
             continue
         total = torch.zeros(value.shape, dtype=torch.float64)
         for tensor in tensors:
-            total += tensor.to(torch.float64)  # type: ignore[union-attr]
+            total += tensor.to(torch.float64)
         averaged[key] = (total / len(tensors)).to(value.dtype)
     return averaged

@@ -30,6 +30,7 @@ EPOCH_PATTERN = re.compile(r"^epoch-(\d+)\.pt$")
 
 
 def epoch_checkpoint_name(epoch: int) -> str:
+    """The file name of the checkpoint kept at the end of `epoch`: `epoch-0007.pt`."""
     return f"epoch-{epoch:04d}.pt"
 
 
@@ -53,6 +54,10 @@ def tensor_bytes(value: Any) -> int:
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
+    """A checkpoint's dict, loaded on the CPU without running code (`weights_only`).
+
+    A missing, unreadable, other-format or damaged file is a DsitaError naming it.
+    """
     if not path.is_file():
         raise DsitaError(f"{path}: checkpoint not found")
     try:

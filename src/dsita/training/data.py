@@ -28,13 +28,14 @@ from dsita.data.dataset import (
     Batch,
     BucketBatchSampler,
     FeatureCache,
+    Item,
     SpeechDataset,
     collate,
     ctc_steps_needed,
     load_samples,
 )
 from dsita.errors import DsitaError
-from dsita.model.base import AcousticModel
+from dsita.model.base import AcousticModel, Featurizer
 from dsita.system import ParentWatch
 from dsita.text.alphabet import Alphabet
 from dsita.training.options import TrainOptions
@@ -52,11 +53,12 @@ class TrainingData:
     options: TrainOptions
     train_samples: list[Sample]
     train_sampler: BucketBatchSampler
-    train_loader: DataLoader[Batch]
+    # torch types a DataLoader by its dataset's items; `collate` makes them Batches.
+    train_loader: DataLoader[Item]
     dev_sampler: BucketBatchSampler
-    dev_loader: DataLoader[Batch]
+    dev_loader: DataLoader[Item]
     featurizer_step: int  # samples per feature frame
-    frame_counter: torch.nn.Module  # the model's featurizer, for frame counts from sample counts
+    frame_counter: Featurizer  # the model's featurizer, for frame counts from sample counts
     spec_augment: SpecAugment | None
     noise_bank: NoiseBank | None
 
@@ -81,13 +83,14 @@ class TrainingData:
         """Each item's valid feature frames, computed on the CPU from the CPU batch."""
         if batch.are_features:
             return batch.input_lengths
-        return self.frame_counter.frame_lengths(batch.input_lengths)  # type: ignore[operator]
+        return self.frame_counter.frame_lengths(batch.input_lengths)
 
     def features(self, model: AcousticModel, batch: Batch) -> tuple[Tensor, Tensor]:
         """The model's input features of a batch on the device (cached ones as they are)."""
         if batch.are_features:
             return batch.inputs, batch.input_lengths
-        return model.featurizer(batch.inputs, batch.input_lengths)
+        features: tuple[Tensor, Tensor] = model.featurizer(batch.inputs, batch.input_lengths)
+        return features
 
     def augmented_features(
         self, model: AcousticModel, batch: Batch, frame_lengths: Tensor
@@ -159,13 +162,13 @@ def load_training_data(
     )
 
 
-def _spec_augment(augment: AugmentOptions, featurizer: torch.nn.Module) -> SpecAugment | None:
+def _spec_augment(augment: AugmentOptions, featurizer: Featurizer) -> SpecAugment | None:
     """SpecAugment for the model's featurizer: its mask widths in milliseconds turned into its frames."""
     if not augment.spec_augment:
         return None
     return SpecAugment.for_featurizer(
-        featurizer.frame_size,  # type: ignore[arg-type]
-        featurizer.step_samples,  # type: ignore[arg-type]
+        featurizer.frame_size,
+        featurizer.step_samples,
         augment.spec_augment,
         augment.spec_time_masks,
         augment.spec_time_ms,
@@ -192,7 +195,7 @@ def _sampler(
 
 def _loader(
     dataset: SpeechDataset, sampler: BucketBatchSampler, workers: int, device: torch.device
-) -> DataLoader[Batch]:
+) -> DataLoader[Item]:
     return DataLoader(
         dataset,
         batch_sampler=sampler,

@@ -120,6 +120,7 @@ class EpochStats:
 
     @property
     def loss(self) -> float:
+        """The mean loss over the epoch's batches (0 for none); reading it waits for the device."""
         return float(self.loss_sum) / max(self.batches, 1)
 
 
@@ -251,7 +252,7 @@ def train_step(run: Run, data: TrainingData, cpu_batch: Batch, stats: EpochStats
     for group in run.optimizer.param_groups:
         group["lr"] = rate * run.state.lr_scale
     run.optimizer.zero_grad(set_to_none=True)
-    run.scaler.scale(loss).backward()
+    run.scaler.scale(loss).backward()  # type: ignore[no-untyped-call]  # torch leaves it unannotated
     run.scaler.unscale_(run.optimizer)
     torch.nn.utils.clip_grad_norm_(run.model.parameters(), run.options.grad_clip)
     run.scaler.step(run.optimizer)

@@ -164,7 +164,8 @@ def apply_response(waveforms: Tensor, lengths: Tensor, response: Response) -> Te
     grid = torch.linspace(0, SAMPLE_RATE / 2, RESPONSE_GRID, device=waveforms.device)
     magnitude = F.interpolate(response(grid)[:, None], size=n_fft // 2 + 1, mode="linear", align_corners=True)
     spectrum = torch.fft.rfft(waveforms, n=n_fft) * magnitude[:, 0].to(waveforms.dtype)
-    return torch.fft.irfft(spectrum, n=n_fft)[:, : waveforms.shape[1]] * valid_mask(waveforms, lengths)
+    filtered: Tensor = torch.fft.irfft(spectrum, n=n_fft)[:, : waveforms.shape[1]]
+    return filtered * valid_mask(waveforms, lengths)
 
 
 def _filter_rows(waveforms: Tensor, lengths: Tensor, picked: Tensor, response: Response) -> Tensor:
@@ -375,7 +376,8 @@ def resample_round_trip(waveforms: Tensor, lengths: Tensor, rate: int = 8000) ->
         """Linear convolution with the centred kernel, through FFTs (a direct one costs 20 times more)."""
         n_fft = 1 << (x.shape[1] + 2 * taps).bit_length()
         spectrum = torch.fft.rfft(x, n=n_fft) * torch.fft.rfft(kernel, n=n_fft)
-        return torch.fft.irfft(spectrum, n=n_fft)[:, taps : taps + x.shape[1]]
+        filtered: Tensor = torch.fft.irfft(spectrum, n=n_fft)[:, taps : taps + x.shape[1]]
+        return filtered
 
     narrow = low_pass(waveforms)[:, ::factor]
     wide = torch.zeros(
@@ -419,6 +421,7 @@ def _encode_decode(samples: np.ndarray, codec: str, kbps: float) -> np.ndarray:
         **extra,
     )
     buffer.seek(0)
+    decoded: np.ndarray
     decoded, _ = sf.read(buffer, dtype="float32")
     return decoded
 
@@ -455,6 +458,7 @@ class CodecRoundTrip:
     options: ChannelOptions
 
     def __call__(self, audio: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """The 1-D clip, round-tripped through a codec when picked, else unchanged."""
         if self.options.codec == 0:
             return audio
         # Both draws always, so that the RNG stream does not depend on which clips were picked.

@@ -234,7 +234,8 @@ def spectral_envelope(log_magnitude: Tensor) -> Tensor:
     )
 
     def smooth(values: Tensor) -> Tensor:
-        return torch.fft.rfft(torch.fft.irfft(values, n=STFT_SIZE) * lifter).real
+        smoothed: Tensor = torch.fft.rfft(torch.fft.irfft(values, n=STFT_SIZE) * lifter).real
+        return smoothed
 
     envelope = smooth(log_magnitude)
     for _ in range(ENVELOPE_ITERATIONS):
@@ -312,6 +313,7 @@ class TempoPerturbation:
     options: SpeakerOptions
 
     def __call__(self, audio: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """The 1-D clip at a drawn tempo (pitch kept) when picked, else unchanged."""
         if self.options.tempo == 0:
             return audio
         # One draw each, always, so that the RNG stream does not depend on which clips were picked.

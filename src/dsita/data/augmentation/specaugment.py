@@ -56,9 +56,15 @@ class SpecAugment:
 
     @property
     def max_freq_width(self) -> int:
+        """The widest frequency mask, in coefficients of one frame (at least 1)."""
         return max(1, round(self.frame_size * self.max_freq_fraction))
 
     def __call__(self, features: Tensor, lengths: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """`features` (B, T, F) with frequency and time masks zeroed, each utterance with chance `prob`.
+
+        `lengths` are the valid steps of each utterance: time masks stay inside them. Draws come from
+        `generator` on the CPU whatever the features' device.
+        """
         batch, steps, size = features.shape
         if size % self.frame_size:
             raise ValueError(f"feature size {size} is not a multiple of the frame size {self.frame_size}")

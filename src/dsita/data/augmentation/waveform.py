@@ -41,6 +41,7 @@ class NoiseBank:
     sizes: Tensor  # (clips,) int64
 
     def to(self, device: torch.device) -> NoiseBank:
+        """The same bank with its tensors on `device`."""
         return NoiseBank(self.samples.to(device), self.starts.to(device), self.sizes.to(device))
 
     def segments(self, clips: Tensor, offsets: Tensor, length: int) -> Tensor:
@@ -132,6 +133,7 @@ def _on_rows(
 
 
 def apply_gain(waveforms: Tensor, gain_db: Tensor) -> Tensor:
+    """(B, samples) waveforms each scaled by its `gain_db[b]` decibels (amplitude, 20 dB per decade)."""
     return waveforms * (10 ** (gain_db / 20))[:, None]
 
 
@@ -158,7 +160,7 @@ def draw_noise(
     frequency = torch.fft.rfftfreq(length, device=device).clamp_min(1.0 / length)
     shape = frequency[None] ** (-slope[:, None] / 2)
     shape[:, 0] = 0
-    noise = torch.fft.irfft(torch.fft.rfft(white) * shape, n=length)
+    noise: Tensor = torch.fft.irfft(torch.fft.rfft(white) * shape, n=length)
     if noise_bank is not None:
         use_file = uniform((count,), 0, 1, generator, device) < FILE_NOISE_SHARE
         clips = uniform((count,), 0, len(noise_bank.sizes), generator, device).long()
@@ -194,6 +196,6 @@ def add_reverb(
     n_fft = 1 << (length + ir_length - 2).bit_length()  # linear, not circular, convolution
     spectrum = torch.fft.rfft(waveforms, n=n_fft) * torch.fft.rfft(response, n=n_fft)
     valid = valid_mask(waveforms, lengths)
-    wet = torch.fft.irfft(spectrum, n=n_fft)[:, :length] * valid
+    wet: Tensor = torch.fft.irfft(spectrum, n=n_fft)[:, :length] * valid
     level = torch.sqrt(waveforms.square().sum(1) / wet.square().sum(1).clamp_min(1e-20))
     return wet * level[:, None]
