@@ -17,11 +17,12 @@ demo: setup
 	DATA_DIR=data $(VENV)/bin/dsita --env-file env_files/fast_dev.env run
 	$(PY) tools/demo_transcribe.py data
 
-# Two xdist workers: on 2 cores the suite takes about two thirds of one process's wall time (BENCHMARKS.md).
+# One pytest process: two xdist workers were slower on 2 cores, as every worker builds the session's
+# fixtures (corpus, scorer, trained models) again (BENCHMARKS.md, "The test suite's wall time").
 test: setup test-tools
 	$(VENV)/bin/ruff check src tests benchmarks tools
 	$(VENV)/bin/mypy
-	$(VENV)/bin/pytest -q -n 2
+	$(VENV)/bin/pytest -q
 
 setup: system $(INSTALLED) $(VENV)/bin/lmplz
 

@@ -17,7 +17,7 @@ image=${DOCKER_TEST_IMAGE:-localhost/dsita:cpu}
 base=localhost/debian:bookworm-slim
 torch=torch==2.13.0+cpu
 torch_wheel=${TORCH_WHEEL:-/opt/wheels/torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl}
-release=(it-it.zip model_it.tar.xz checkpoint_it.tar.xz)
+release=(it-it.zip model_tensorflow_it.tar.xz model_it.tar.xz checkpoint_it.tar.xz)  # fast_dev.env: MODEL=deepspeech
 start=$SECONDS
 
 step() { printf '\n== %s (%ds so far)\n' "$1" "$((SECONDS - start))"; }

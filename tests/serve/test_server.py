@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import inspect
 import json
 import os
 import signal
@@ -217,29 +216,6 @@ def test_itn_in_the_config_rewrites_the_results(
     messages = asyncio.run(vosk_session(f"ws://127.0.0.1:{server.port}", pcm, rate, {"itn": True}))
     assert joined_text(messages) == expected.text
     assert [w[0] for w in words_of(messages)] == [w.word for w in expected.words]
-
-
-def test_hot_words_reach_the_stream_or_are_refused_in_one_clear_line(
-    server: RecognizerServer, served_model: Any, test_clips: list[Path]
-) -> None:
-    pcm, rate = pcm_of(test_clips[0])
-    config = {"hotwords": {"cancelletto": 8.0, "posta vocale": 5}}
-
-    async def session() -> list[dict[str, Any]]:
-        async with connect(f"ws://127.0.0.1:{server.port}") as ws:
-            await ws.send(json.dumps({"config": {"sample_rate": rate, **config}}))
-            await ws.send(pcm)
-            replies = [json.loads(await ws.recv())]
-            if "error" not in replies[0]:
-                await ws.send('{"eof": 1}')
-                replies.append(json.loads(await ws.recv()))
-            return replies
-
-    replies = asyncio.run(session())
-    if "hotwords" in inspect.signature(served_model.stream).parameters:
-        assert "text" in replies[-1]
-    else:  # until the stream takes hot words (issue 17, section 1), the session says why it cannot
-        assert replies == [{"error": replies[0]["error"]}] and "hot words" in replies[0]["error"]
 
 
 def http_get(server: RecognizerServer, path: str) -> tuple[int, str, bytes]:
