@@ -25,12 +25,12 @@ demo: setup
 	DATA_DIR=data $(VENV)/bin/dsita --env-file env_files/demo.env run
 	$(PY) tools/demo_transcribe.py data
 
-# One pytest process: two xdist workers were slower on 2 cores, as every worker builds the session's
-# fixtures (corpus, scorer, trained models) again (BENCHMARKS.md, "The test suite's wall time").
+# Two xdist workers: on 2 cores about 0.7 of one process's wall time, not half, as each worker builds the
+# session's fixtures again (BENCHMARKS.md, "The test suite's wall time").
 test: setup test-tools
 	$(VENV)/bin/ruff check src tests benchmarks tools
 	$(VENV)/bin/mypy
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q -n 2
 
 setup: system $(INSTALLED) $(VENV)/bin/lmplz
 
