@@ -255,7 +255,11 @@ def test_a_page_from_another_origin_cannot_connect(server: RecognizerServer) -> 
     assert asyncio.run(with_origin(f"http://127.0.0.1:{server.port}")) == 101
 
 
-def test_dsita_serve_runs_from_the_command_line(model_zip: Path, test_clips: list[Path]) -> None:
+# Started with SIGINT ignored, as a shell's background job (and so CI) starts it, Ctrl-C must still stop it.
+@pytest.mark.parametrize("sigint_at_start", [signal.SIG_DFL, signal.SIG_IGN])
+def test_dsita_serve_runs_from_the_command_line(
+    model_zip: Path, test_clips: list[Path], sigint_at_start: signal.Handlers
+) -> None:
     command = [
         sys.executable,
         "-m",
@@ -268,7 +272,13 @@ def test_dsita_serve_runs_from_the_command_line(model_zip: Path, test_clips: lis
         "--no-lm",
     ]
     env = {**os.environ, "COLUMNS": "300"}
-    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env)
+    process = subprocess.Popen(
+        command,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, sigint_at_start),
+    )
     try:
         assert process.stderr is not None
         watchdog = threading.Timer(120, process.kill)  # a server that never says where it listens

@@ -281,8 +281,11 @@ def run_server(server: RecognizerServer, ready: Callable[[int], None] | None = N
     """Serve in this thread until interrupted (Ctrl-C) or terminated (SIGTERM), then stop cleanly."""
 
     async def serve_until_stopped() -> None:
-        with contextlib.suppress(NotImplementedError, RuntimeError):  # no signals off the main thread
-            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, server.stop)
+        # Both stop the server cleanly, Ctrl-C too even where the process was started with SIGINT ignored
+        # (a background job of a shell inherits that, and a server left running then cannot be interrupted).
+        for number in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):  # no signals off the main thread
+                asyncio.get_running_loop().add_signal_handler(number, server.stop)
         await server.run(ready)
 
     with contextlib.suppress(KeyboardInterrupt):
