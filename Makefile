@@ -9,7 +9,7 @@ INSTALLED := $(VENV)/.installed
 CLIENTS := .cache/clients
 NODE := .cache/node
 
-.PHONY: demo test setup test-tools system lint lock bench docker-test clean
+.PHONY: demo test coverage setup test-tools system lint lock bench docker-test clean
 
 DEMO_ARCHIVE := data/sources/it.tar.gz
 
@@ -30,7 +30,12 @@ demo: setup
 test: setup test-tools
 	$(VENV)/bin/ruff check src tests benchmarks tools
 	$(VENV)/bin/mypy
-	$(VENV)/bin/pytest -q -n 2
+	$(VENV)/bin/pytest -q -n 2 --durations=15
+
+# Line coverage of src/dsita by the suite's own process(es); the `dsita` programs the tests start are not
+# counted (BENCHMARKS.md, "Test coverage").
+coverage: setup test-tools
+	$(VENV)/bin/pytest -q -n 2 --cov=dsita --cov-report=term-missing:skip-covered
 
 setup: system $(INSTALLED) $(VENV)/bin/lmplz
 

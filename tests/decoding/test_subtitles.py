@@ -109,8 +109,9 @@ def test_formats_and_a_transcript_without_word_times() -> None:
 def test_cues_keep_every_word_in_order_and_their_limits(words: list, max_line: int) -> None:
     timed, at = [], 0.0
     for text, gap, length in words:
-        timed.append(Word(text, at + gap, at + gap + length, 1.0))
-        at += gap + length
+        start = at + gap
+        at = start + length  # the next gap starts at this very float: `at += gap + length` rounds otherwise
+        timed.append(Word(text, start, at, 1.0))
     transcript = Transcript(" ".join(w.word for w in timed), tuple(timed))
     options = CueOptions(max_line=max_line)
     cues = transcript.cues(options)
