@@ -31,11 +31,19 @@ Rows (`ROWS`) are cumulative, one change each over the row before, all with the 
 budget: --minutes of CPU time (80 = the issue's 2 cores x 40 minutes) on one torch thread, no loader workers,
 so loading, augmentation and dev passes all count. The LM is `dsita lm build`'s default corpus minus every
 dev and test sentence; alpha/beta are tuned per row on espeak dev clips.
+
+A row takes about 100 minutes on one core, so the table is filled over several sessions (and machines): each
+finished row is recorded in `benchmarks/results/generalization/ROW.json`, which is committed, with a digest
+of the dsita source it trained with, and `--table` prints the recorded rows. The corpora are rebuilt the same
+from the seed. At its end a row also scores the final set, into `.../final/ROW.json`, which only `--final`
+prints: the final set is looked at once, when every row is in, even though each row's model is gone by then.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import math
 import os
@@ -58,6 +66,7 @@ from dsita.text.alphabet import Alphabet
 from dsita.training.options import TrainOptions
 
 WORK = Path("data/generalization")
+RESULTS = Path(__file__).resolve().parent / "results" / "generalization"  # committed, one file a row
 KLATT_FAMILY = ("klatt", "klatt2", "klatt3", "adam", "benjamin", "david", "edward")
 TRAINED_VARIANTS = tuple(v for v in ESPEAK_VARIANTS if v not in KLATT_FAMILY)
 SPLITS = ("train", "dev", "test")
@@ -284,13 +293,13 @@ def prepare(args: argparse.Namespace) -> None:
         held_out += [
             work / name / f"{split}.csv" for name in ("klatt", "festival", "final") for split in SPLITS
         ]
-        report = build_scorer(
+        built = build_scorer(
             scorer_dir,
             alphabet,
             LmBuildOptions(memory="10%", workers=2),
             exclude=evaluation_sentences(held_out),
         )
-        print(f"scorer: {report.scorer.vocabulary_size} words, {report.ngrams} n-grams", flush=True)
+        print(f"scorer: {built.scorer.vocabulary_size} words, {built.ngrams} n-grams", flush=True)
     clean = {**test_csvs(work), "final": [work / "final" / f"{split}.csv" for split in SPLITS]}
     for name, csvs in clean.items():
         write_channel_sets(work, name, csvs)
@@ -377,39 +386,31 @@ def train_options(args: argparse.Namespace, name: str, recipe: Recipe) -> TrainO
     )
 
 
+def code_digest() -> str:
+    """SHA-256 of the dsita source this process runs (file names and bytes): rows recorded with different
+    digests trained with different code, and the table says so."""
+    import hashlib
+
+    import dsita
+
+    root = Path(dsita.__file__).resolve().parent
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+def write_json(path: Path, value: Any) -> None:
+    """`value` as indented JSON, through a temporary name."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(json.dumps(value, indent=2) + "\n", encoding="utf-8")
+    temporary.replace(path)
+
+
 def run_row(args: argparse.Namespace, name: str) -> None:
-    """Train one row within its CPU budget (resuming), then tune alpha/beta and score every test set."""
-    import torch
-
-    from dsita.data.dataset import load_samples
-    from dsita.training.checkpoint import BEST_DEV, load_trained_model
-
-    torch.set_num_threads(1)
-    recipe = rows()[name]
-    alphabet = Alphabet.italian()
-    row_dir: Path = args.work / "rows" / name
-    options = train_options(args, name, recipe)
-    spent = quality.train_within_budget(options, alphabet, row_dir, args.minutes, args.chunk_steps, name)
-    result: dict[str, Any] = {"row": name, "notes": recipe.notes, "train": recipe.train}
-    result |= quality.training_summary(options, spent, len(alphabet) + 1)
-    result["averages"] = [
-        record
-        for record in map(json.loads, (options.checkpoint_dir / "metrics.jsonl").read_text().splitlines())
-        if "averaged_epochs" in record
-    ]
-    model, _ = load_trained_model(options.checkpoint_dir / BEST_DEV)
-    dev = load_samples([args.work / "espeak" / "dev.csv"], alphabet)[: args.tune_clips]
-    tuned = quality.tune_scorer(
-        model, alphabet, dev, args.work / "scorer", row_dir / "scorer", args.trials, name
-    )
-    result["alpha"], result["beta"] = tuned.alpha, tuned.beta
-    sets = {set_name: load_samples(csvs, alphabet) for set_name, csvs in evaluation_csvs(args.work).items()}
-    result["tests"] = quality.score_test_sets(model, alphabet, tuned.scorer, sets)
-    (row_dir / "result.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-
-
-def run_final(args: argparse.Namespace) -> None:
-    """Score every finished row once on the held-out final set (clean and through each channel)."""
+    """Train one row within its CPU budget (resuming), tune alpha/beta and score every test set; then
+    score the final set into its sealed file and record both under RESULTS; parts already done are skipped."""
     import torch
 
     from dsita.data.dataset import load_samples
@@ -417,22 +418,71 @@ def run_final(args: argparse.Namespace) -> None:
     from dsita.training.checkpoint import BEST_DEV, load_trained_model
 
     torch.set_num_threads(1)
+    recipe = rows()[name]
+    alphabet = Alphabet.italian()
+    row_dir: Path = args.work / "rows" / name
+    options = train_options(args, name, recipe)
+    if not (row_dir / "result.json").exists():
+        spent = quality.train_within_budget(options, alphabet, row_dir, args.minutes, args.chunk_steps, name)
+        result: dict[str, Any] = {"row": name, "notes": recipe.notes, "train": recipe.train}
+        result |= quality.training_summary(options, spent, len(alphabet) + 1)
+        result["averages"] = [
+            record
+            for record in map(json.loads, (options.checkpoint_dir / "metrics.jsonl").read_text().splitlines())
+            if "averaged_epochs" in record
+        ]
+        model, _ = load_trained_model(options.checkpoint_dir / BEST_DEV)
+        dev = load_samples([args.work / "espeak" / "dev.csv"], alphabet)[: args.tune_clips]
+        tuned = quality.tune_scorer(
+            model, alphabet, dev, args.work / "scorer", row_dir / "scorer", args.trials, name
+        )
+        result["alpha"], result["beta"] = tuned.alpha, tuned.beta
+        sets = {
+            set_name: load_samples(csvs, alphabet) for set_name, csvs in evaluation_csvs(args.work).items()
+        }
+        result["tests"] = quality.score_test_sets(model, alphabet, tuned.scorer, sets)
+        result["code"] = code_digest()
+        result["minutes"], result["seed"] = args.minutes, args.seed
+        write_json(row_dir / "result.json", result)
+    if not (row_dir / "final.json").exists():
+        model, _ = load_trained_model(options.checkpoint_dir / BEST_DEV)
+        sets = {
+            set_name: load_samples(csvs, alphabet)
+            for set_name, csvs in evaluation_csvs(args.work, final=True).items()
+        }
+        with contextlib.redirect_stdout(io.StringIO()):  # score_test_sets prints each set: kept sealed
+            final = quality.score_test_sets(model, alphabet, load_scorer(row_dir / "scorer"), sets)
+        write_json(row_dir / "final.json", final)
+    for source, target in ((row_dir / "result.json", RESULTS / f"{name}.json"),
+                           (row_dir / "final.json", RESULTS / "final" / f"{name}.json")):  # fmt: skip
+        write_json(target, json.loads(source.read_text()))
+
+
+def recorded(name: str, work: Path) -> dict[str, Any] | None:
+    """A row's record: the committed one, or the work folder's if it was not copied there."""
+    for path in (RESULTS / f"{name}.json", work / "rows" / name / "result.json"):
+        if path.exists():
+            return dict(json.loads(path.read_text()))
+    return None
+
+
+def run_final(args: argparse.Namespace) -> None:
+    """Unseal the final set: gather every row's sealed scores into WORK/final.json (once), for the table."""
     path = args.work / "final.json"
     if path.exists() and not args.force:
-        print(f"{path} exists: the final set is looked at once (--force to score it again)")
+        print(f"{path} exists: the final set is looked at once (--force to gather it again)")
         return
-    alphabet = Alphabet.italian()
-    sets = {
-        name: load_samples(csvs, alphabet) for name, csvs in evaluation_csvs(args.work, final=True).items()
+    missing = [name for name in rows() if not (RESULTS / "final" / f"{name}.json").exists()]
+    if missing and not args.force:
+        raise SystemExit(
+            f"rows {', '.join(missing)} have no final scores yet: the final set waits for every row"
+        )
+    scores = {
+        name: json.loads((RESULTS / "final" / f"{name}.json").read_text())
+        for name in rows()
+        if name not in missing
     }
-    scores = {}
-    for name in rows():
-        row_dir = args.work / "rows" / name
-        if not (row_dir / "result.json").exists():
-            continue
-        model, _ = load_trained_model(row_dir / "checkpoints" / BEST_DEV)
-        scores[name] = quality.score_test_sets(model, alphabet, load_scorer(row_dir / "scorer"), sets)
-    path.write_text(json.dumps(scores, indent=2) + "\n", encoding="utf-8")
+    write_json(path, scores)
 
 
 # ---------------------------------------------------------------------------------------------- table
@@ -447,13 +497,13 @@ def print_table(work: Path) -> None:
         header += f" {name} greedy CER / LM WER | {name} 5 channels greedy CER / LM WER |"
     print(header)
     print("|" + "---|" * (4 + 2 * len(test_csvs(work))))
-    finished = {}
+    finished: dict[str, dict[str, Any]] = {}
     for name in rows():
-        path = work / "rows" / name / "result.json"
-        if not path.exists():
+        r = recorded(name, work)
+        if r is None:
             print(f"| {name} | not run |")
             continue
-        r = finished[name] = json.loads(path.read_text())
+        finished[name] = r
         t = r["tests"]
         line = (
             f"| {name} | {r['steps']} | {r['audio_seconds_per_cpu_second']:.1f} | {r['best_dev_loss']:.1f} |"
@@ -463,6 +513,9 @@ def print_table(work: Path) -> None:
             mean_cer, mean_wer = (channel_mean(t, set_name, m) for m in ("greedy_cer", "lm_wer"))
             line += f" {mean_cer:.1%} / {mean_wer:.1%} |"
         print(line)
+    digests = {name: r.get("code", "unrecorded") for name, r in finished.items()}
+    if len(set(digests.values())) > 1:
+        print(f"\nthe rows trained with different dsita source: {digests}")
     for set_name in ("festival", "klatt", "trained"):
         print(f"\n{set_name}, greedy CER per channel:\n")
         print("| row | clean | " + " | ".join(CHANNELS) + " |")
@@ -539,8 +592,8 @@ def run_rows(args: argparse.Namespace, names: list[str]) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(code.resolve())}
     for name in names:
         row_dir = args.work / "rows" / name
-        if (row_dir / "result.json").exists():
-            continue
+        if (RESULTS / f"{name}.json").exists() and (RESULTS / "final" / f"{name}.json").exists():
+            continue  # recorded, perhaps in an earlier session
         row_dir.mkdir(parents=True, exist_ok=True)
         started = time.monotonic()
         with (row_dir / "row.log").open("a") as log:

@@ -113,15 +113,13 @@ def prepare(args: argparse.Namespace) -> None:
     if not scorer_dir.exists():
         held_out = [work / "espeak" / "dev.csv", work / "espeak" / "test.csv"]
         held_out += [work / "festival" / f"{split}.csv" for split in ("train", "dev", "test")]
-        report = build_scorer(
+        built = build_scorer(
             scorer_dir,
             alphabet,
             LmBuildOptions(memory="10%", workers=2),
             exclude=evaluation_sentences(held_out),
         )
-        print(
-            f"scorer: {report.scorer.vocabulary_size} words, {report.ngrams} n-grams, {report.seconds:.1f} s"
-        )
+        print(f"scorer: {built.scorer.vocabulary_size} words, {built.ngrams} n-grams, {built.seconds:.1f} s")
 
 
 def test_sets(work: Path) -> dict[str, list[Path]]:
