@@ -401,11 +401,10 @@ def code_digest() -> str:
 
 
 def write_json(path: Path, value: Any) -> None:
-    """`value` as indented JSON, through a temporary name."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(value, indent=2) + "\n", encoding="utf-8")
-    temporary.replace(path)
+    """`value` as indented JSON, written atomically."""
+    from dsita.fileio import atomic_write_text
+
+    atomic_write_text(path, json.dumps(value, indent=2) + "\n")
 
 
 def run_row(args: argparse.Namespace, name: str) -> None:
@@ -422,6 +421,7 @@ def run_row(args: argparse.Namespace, name: str) -> None:
     alphabet = Alphabet.italian()
     row_dir: Path = args.work / "rows" / name
     options = train_options(args, name, recipe)
+    model = None
     if not (row_dir / "result.json").exists():
         spent = quality.train_within_budget(options, alphabet, row_dir, args.minutes, args.chunk_steps, name)
         result: dict[str, Any] = {"row": name, "notes": recipe.notes, "train": recipe.train}
@@ -445,7 +445,8 @@ def run_row(args: argparse.Namespace, name: str) -> None:
         result["minutes"], result["seed"] = args.minutes, args.seed
         write_json(row_dir / "result.json", result)
     if not (row_dir / "final.json").exists():
-        model, _ = load_trained_model(options.checkpoint_dir / BEST_DEV)
+        if model is None:
+            model, _ = load_trained_model(options.checkpoint_dir / BEST_DEV)
         sets = {
             set_name: load_samples(csvs, alphabet)
             for set_name, csvs in evaluation_csvs(args.work, final=True).items()
@@ -455,7 +456,8 @@ def run_row(args: argparse.Namespace, name: str) -> None:
         write_json(row_dir / "final.json", final)
     for source, target in ((row_dir / "result.json", RESULTS / f"{name}.json"),
                            (row_dir / "final.json", RESULTS / "final" / f"{name}.json")):  # fmt: skip
-        write_json(target, json.loads(source.read_text()))
+        if not target.exists():  # a record once written is the row's: a later run does not replace it
+            write_json(target, json.loads(source.read_text()))
 
 
 def recorded(name: str, work: Path) -> dict[str, Any] | None:
