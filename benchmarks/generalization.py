@@ -409,7 +409,7 @@ def write_json(path: Path, value: Any) -> None:
 
 def run_row(args: argparse.Namespace, name: str) -> None:
     """Train one row within its CPU budget (resuming), tune alpha/beta and score every test set; then
-    score the final set into its sealed file and record both under RESULTS; parts already done are skipped."""
+    score the final set into its sealed file and record both under --results; parts already done are skipped."""
     import torch
 
     from dsita.data.dataset import load_samples
@@ -454,15 +454,16 @@ def run_row(args: argparse.Namespace, name: str) -> None:
         with contextlib.redirect_stdout(io.StringIO()):  # score_test_sets prints each set: kept sealed
             final = quality.score_test_sets(model, alphabet, load_scorer(row_dir / "scorer"), sets)
         write_json(row_dir / "final.json", final)
-    for source, target in ((row_dir / "result.json", RESULTS / f"{name}.json"),
-                           (row_dir / "final.json", RESULTS / "final" / f"{name}.json")):  # fmt: skip
+    results: Path = args.results
+    for source, target in ((row_dir / "result.json", results / f"{name}.json"),
+                           (row_dir / "final.json", results / "final" / f"{name}.json")):  # fmt: skip
         if not target.exists():  # a record once written is the row's: a later run does not replace it
             write_json(target, json.loads(source.read_text()))
 
 
-def recorded(name: str, work: Path) -> dict[str, Any] | None:
+def recorded(name: str, work: Path, results: Path) -> dict[str, Any] | None:
     """A row's record: the committed one, or the work folder's if it was not copied there."""
-    for path in (RESULTS / f"{name}.json", work / "rows" / name / "result.json"):
+    for path in (results / f"{name}.json", work / "rows" / name / "result.json"):
         if path.exists():
             return dict(json.loads(path.read_text()))
     return None
@@ -474,15 +475,14 @@ def run_final(args: argparse.Namespace) -> None:
     if path.exists() and not args.force:
         print(f"{path} exists: the final set is looked at once (--force to gather it again)")
         return
-    missing = [name for name in rows() if not (RESULTS / "final" / f"{name}.json").exists()]
+    sealed: Path = args.results / "final"
+    missing = [name for name in rows() if not (sealed / f"{name}.json").exists()]
     if missing and not args.force:
         raise SystemExit(
             f"rows {', '.join(missing)} have no final scores yet: the final set waits for every row"
         )
     scores = {
-        name: json.loads((RESULTS / "final" / f"{name}.json").read_text())
-        for name in rows()
-        if name not in missing
+        name: json.loads((sealed / f"{name}.json").read_text()) for name in rows() if name not in missing
     }
     write_json(path, scores)
 
@@ -492,7 +492,7 @@ def channel_mean(tests: dict[str, dict[str, float]], name: str, metric: str) -> 
     return sum(tests[f"{name}+{channel}"][metric] for channel in CHANNELS) / len(CHANNELS)
 
 
-def print_table(work: Path) -> None:
+def print_table(work: Path, results: Path) -> None:
     """The ablation table (clean and channel-averaged figures) and the festival and klatt channel tables."""
     header = "| row | steps | audio-s per CPU-s | best dev loss |"
     for name in test_csvs(work):
@@ -501,7 +501,7 @@ def print_table(work: Path) -> None:
     print("|" + "---|" * (4 + 2 * len(test_csvs(work))))
     finished: dict[str, dict[str, Any]] = {}
     for name in rows():
-        r = recorded(name, work)
+        r = recorded(name, work, results)
         if r is None:
             print(f"| {name} | not run |")
             continue
@@ -545,6 +545,9 @@ def parse_args() -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--work", type=Path, default=WORK)
+    parser.add_argument(
+        "--results", type=Path, default=RESULTS, help="where finished rows are recorded (the checkout's)"
+    )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--minutes", type=float, default=80.0, help="CPU minutes of training per row")
     parser.add_argument("--chunk-steps", type=int, default=100)
@@ -570,6 +573,7 @@ def forward_args(args: argparse.Namespace) -> list[str]:
         "--work", str(args.work), "--seed", str(args.seed), "--minutes", str(args.minutes),
         "--chunk-steps", str(args.chunk_steps), "--batch", str(args.batch), "--size", args.size,
         "--trials", str(args.trials), "--tune-clips", str(args.tune_clips),
+        "--results", str(args.results.resolve()),
     ]  # fmt: skip
 
 
@@ -594,7 +598,7 @@ def run_rows(args: argparse.Namespace, names: list[str]) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(code.resolve())}
     for name in names:
         row_dir = args.work / "rows" / name
-        if (RESULTS / f"{name}.json").exists() and (RESULTS / "final" / f"{name}.json").exists():
+        if (args.results / f"{name}.json").exists() and (args.results / "final" / f"{name}.json").exists():
             continue  # recorded, perhaps in an earlier session
         row_dir.mkdir(parents=True, exist_ok=True)
         started = time.monotonic()
@@ -615,15 +619,15 @@ def main() -> None:
     if args.row:
         run_row(args, args.row)
     elif args.table:
-        print_table(args.work)
+        print_table(args.work, args.results)
     elif args.final:
         run_final(args)
-        print_table(args.work)
+        print_table(args.work, args.results)
     else:
         prepare(args)
         if not args.prepare:
             run_rows(args, args.rows.split(","))
-            print_table(args.work)
+            print_table(args.work, args.results)
 
 
 if __name__ == "__main__":
