@@ -409,7 +409,7 @@ def write_json(path: Path, value: Any) -> None:
 
 def run_row(args: argparse.Namespace, name: str) -> None:
     """Train one row within its CPU budget (resuming), tune alpha/beta and score every test set; then
-    score the final set into its sealed file and record both under --results; parts already done are skipped."""
+    score the final set into its sealed file and record both under --results; parts done are skipped."""
     import torch
 
     from dsita.data.dataset import load_samples
