@@ -6,8 +6,9 @@ A row's model reads festival at about 50 % greedy CER while the held-out espeak-
 mismatch of speaking rate, pitch, vocal tract length, formants or level were the cause, moving festival's
 test clips along that axis (towards espeak-ng's voices) would lower its CER. This script applies each such
 change to festival's test clips (and to Klatt's, the control: a held-out family the model reads well), and
-scores greedy CER per change; then it scores the clean sets with each epoch checkpoint the row kept, to show
-how festival moves with more training. Figures go to `benchmarks/results/generalization/gap-ROW.json`.
+scores greedy CER per change; then it splits the clean sets' errors into vowels, consonants and word gaps,
+and scores the clean sets with each epoch checkpoint the row kept, to show how festival moves with training.
+Figures go to `benchmarks/results/generalization/gap-ROW.json`.
 
 It reads only the row's own checkpoints and the test sets that `generalization.py --prepare` wrote; the
 changed clips are written under WORK/gap/ (kept, so a second run only scores).
@@ -25,6 +26,7 @@ import torch
 from torch import Tensor
 
 from dsita.data.augmentation.speaker import change_tempo, formant_shift, pitch_shift, vtlp
+from dsita.evaluation.evaluate import EvaluationReport
 from dsita.text.alphabet import Alphabet
 
 WORK = Path("data/generalization")
@@ -82,14 +84,50 @@ def changed_csv(work: Path, set_name: str, change: str) -> Path:
     return folder / "test.csv"
 
 
-def greedy_cer(model: object, alphabet: Alphabet, csvs: list[Path]) -> float:
+def greedy(model: object, alphabet: Alphabet, csvs: list[Path]) -> EvaluationReport:
     from dsita.data.dataset import load_samples
     from dsita.decoding.batch import BatchDecoder
     from dsita.evaluation.evaluate import evaluate_logits, model_logits
 
     samples = load_samples(csvs, alphabet)
     logits = model_logits(model, samples, alphabet, torch.device("cpu"))  # type: ignore[arg-type]
-    return float(evaluate_logits(samples, logits, BatchDecoder(alphabet)).cer)
+    return evaluate_logits(samples, logits, BatchDecoder(alphabet))
+
+
+def greedy_cer(model: object, alphabet: Alphabet, csvs: list[Path]) -> float:
+    return float(greedy(model, alphabet, csvs).cer)
+
+
+VOWELS = set("aeiouàèéìíòóùú")
+
+
+def errors_by_class(report: EvaluationReport) -> dict[str, float]:
+    """The share of the references' vowels, consonants and word gaps that the hypotheses substitute or
+    delete (jiwer's character alignment), and insertions per reference character: where the CER is."""
+    import jiwer
+
+    totals = {"vowels": 0, "consonants": 0, "spaces": 0}
+    wrong = dict.fromkeys(totals, 0)
+    inserted = 0
+
+    def kind(char: str) -> str:
+        return "spaces" if char == " " else "vowels" if char in VOWELS else "consonants"
+
+    for result in report.samples:
+        for char in result.reference:
+            totals[kind(char)] += 1
+        if not result.hypothesis:
+            for char in result.reference:
+                wrong[kind(char)] += 1
+            continue
+        for chunk in jiwer.process_characters(result.reference, result.hypothesis).alignments[0]:
+            if chunk.type in ("substitute", "delete"):
+                for char in result.reference[chunk.ref_start_idx : chunk.ref_end_idx]:
+                    wrong[kind(char)] += 1
+            elif chunk.type == "insert":
+                inserted += chunk.hyp_end_idx - chunk.hyp_start_idx
+    shares = {name: wrong[name] / max(1, totals[name]) for name in totals}
+    return shares | {"insertions": inserted / max(1, sum(totals.values()))}
 
 
 def main() -> None:
@@ -114,14 +152,26 @@ def main() -> None:
         changes[change] = {s: greedy_cer(model, alphabet, [changed_csv(args.work, s, change)]) for s in SETS}
         print(f"{change}: " + ", ".join(f"{s} {cer:.1%}" for s, cer in changes[change].items()), flush=True)
     clean = {s: [args.work / s / "test.csv"] for s in SETS} | {"trained": [args.work / "espeak" / "test.csv"]}
+    by_class: dict[str, dict[str, float]] = {}
+    examples: dict[str, list[dict[str, str]]] = {}
+    best: dict[str, float] = {}
+    for set_name, csvs in clean.items():
+        report = greedy(model, alphabet, csvs)
+        best[set_name], by_class[set_name] = float(report.cer), errors_by_class(report)
+        examples[set_name] = [{"reference": r.reference, "greedy": r.hypothesis} for r in report.samples[:3]]
+        print(f"{set_name} errors: " + ", ".join(f"{k} {v:.1%}" for k, v in by_class[set_name].items()))
     trend: dict[str, dict[str, float]] = {}
     epochs = sorted(p for p in checkpoints.iterdir() if EPOCH_PATTERN.match(p.name))
-    for path in [*epochs, checkpoints / BEST_DEV]:
+    for path in epochs:
         model, _ = load_trained_model(path)
         trend[path.stem] = {s: greedy_cer(model, alphabet, csvs) for s, csvs in clean.items()}
         print(f"{path.stem}: " + ", ".join(f"{s} {c:.1%}" for s, c in trend[path.stem].items()), flush=True)
+    trend[Path(BEST_DEV).stem] = best
     clips = {s: len(read_csv(args.work / s / "test.csv")) for s in SETS}
-    record = {"row": args.row, "clips": clips, "changes": changes, "checkpoints": trend}
+    record = {
+        "row": args.row, "clips": clips, "changes": changes, "errors_by_class": by_class,
+        "examples": examples, "checkpoints": trend,
+    }  # fmt: skip
     atomic_write_text(RESULTS / f"gap-{args.row}.json", json.dumps(record, indent=2) + "\n")
 
 
