@@ -21,13 +21,13 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from dsita.data.augmentation.speaker import change_tempo, formant_shift, pitch_shift, vtlp
 from dsita.evaluation.evaluate import EvaluationReport
 from dsita.text.alphabet import Alphabet
+from generalization import write_changed_set  # the same folder: its changed copies of a test set
 
 WORK = Path("data/generalization")
 RESULTS = Path(__file__).resolve().parent / "results" / "generalization"
@@ -63,25 +63,11 @@ CHANGES: dict[str, ClipChange] = {
 
 def changed_csv(work: Path, set_name: str, change: str) -> Path:
     """The test split of `set_name` with `change` applied to every clip, as WAVs and a CSV (written once)."""
-    from dsita.audio import write_wav
-    from dsita.data.csvs import Sample, read_csv, write_csv
-    from dsita.data.dataset import read_wav
-
     source = work / set_name / "test.csv"
     if change == "identity":
         return source
     folder = work / "gap" / f"{set_name}+{change.replace(' ', '_')}"
-    if not (folder / "test.csv").exists():
-        (folder / "clips").mkdir(parents=True, exist_ok=True)
-        written = []
-        for sample in read_csv(source):
-            out = CHANGES[change](read_wav(sample.wav_path)).numpy()
-            out = out / max(1.0, float(np.abs(out).max()) / 0.99)
-            path = folder / "clips" / sample.wav_path.name
-            write_wav(path, out, durable=False)
-            written.append(Sample(path, path.stat().st_size, sample.transcript, len(out) / 16000))
-        write_csv(folder / "test.csv", written)
-    return folder / "test.csv"
+    return write_changed_set(folder, [source], lambda audio, _: CHANGES[change](audio))
 
 
 def greedy(model: object, alphabet: Alphabet, csvs: list[Path]) -> EvaluationReport:

@@ -224,27 +224,31 @@ CHANNELS: dict[str, Callable[[Any, int], Any]] = {
 }
 
 
-def write_channel_sets(work: Path, name: str, csvs: list[Path]) -> None:
-    """Each channel of `CHANNELS` applied to every clip of a test set, as WAVs and one CSV per channel."""
+def write_changed_set(folder: Path, csvs: list[Path], change: Callable[[Any, int], Any]) -> Path:
+    """`change(audio, index)` applied to every clip of `csvs`, as WAVs under `folder` and its test.csv
+    (written once: an existing test.csv is kept). Returns the CSV's path."""
     from dsita.audio import write_wav
     from dsita.data.csvs import Sample, read_csv, write_csv
     from dsita.data.dataset import read_wav
 
-    samples = [sample for csv in csvs for sample in read_csv(csv)]
-    for channel, transform in CHANNELS.items():
-        folder = work / "channels" / f"{name}+{channel}"
-        if (folder / "test.csv").exists():
-            continue
+    if not (folder / "test.csv").exists():
         (folder / "clips").mkdir(parents=True, exist_ok=True)
         written = []
-        for index, sample in enumerate(samples):
-            out = transform(read_wav(sample.wav_path), index).numpy()
+        for index, sample in enumerate(sample for csv in csvs for sample in read_csv(csv)):
+            out = change(read_wav(sample.wav_path), index).numpy()
             out = out / max(1.0, float(np.abs(out).max()) / 0.99)  # no clipping in 16-bit PCM
             path = folder / "clips" / sample.wav_path.name
             write_wav(path, out, durable=False)
             written.append(Sample(path, path.stat().st_size, sample.transcript, len(out) / 16000))
         write_csv(folder / "test.csv", written)
-        print(f"{name}+{channel}: {len(written)} clips", flush=True)
+        print(f"{folder.name}: {len(written)} clips", flush=True)
+    return folder / "test.csv"
+
+
+def write_channel_sets(work: Path, name: str, csvs: list[Path]) -> None:
+    """Each channel of `CHANNELS` applied to every clip of a test set, as WAVs and one CSV per channel."""
+    for channel, transform in CHANNELS.items():
+        write_changed_set(work / "channels" / f"{name}+{channel}", csvs, transform)
 
 
 def evaluation_csvs(work: Path, final: bool = False) -> dict[str, list[Path]]:
