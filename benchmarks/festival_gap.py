@@ -25,7 +25,9 @@ import torch
 from torch import Tensor
 
 from dsita.data.augmentation.speaker import change_tempo, formant_shift, pitch_shift, vtlp
-from dsita.evaluation.evaluate import EvaluationReport
+from dsita.data.dataset import load_samples
+from dsita.decoding.batch import BatchDecoder
+from dsita.evaluation.evaluate import EvaluationReport, evaluate_logits, model_logits
 from dsita.text.alphabet import Alphabet
 from generalization import write_changed_set  # the same folder: its changed copies of a test set
 
@@ -71,10 +73,6 @@ def changed_csv(work: Path, set_name: str, change: str) -> Path:
 
 
 def greedy(model: object, alphabet: Alphabet, csvs: list[Path]) -> EvaluationReport:
-    from dsita.data.dataset import load_samples
-    from dsita.decoding.batch import BatchDecoder
-    from dsita.evaluation.evaluate import evaluate_logits, model_logits
-
     samples = load_samples(csvs, alphabet)
     logits = model_logits(model, samples, alphabet, torch.device("cpu"))  # type: ignore[arg-type]
     return evaluate_logits(samples, logits, BatchDecoder(alphabet))
