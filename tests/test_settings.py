@@ -167,3 +167,17 @@ def test_augmentation_settings_and_the_augment_switch(monkeypatch: pytest.Monkey
     settings, sources = load_settings(overrides={"aug_reverb": 0.0})
     assert (settings.aug_noise, settings.aug_reverb, settings.aug_specaugment) == (0.1, 0.0, 1.0)
     assert sources["aug_specaugment"] == "AUGMENT=1" and sources["aug_reverb"] == "flag"
+
+
+def test_augment_switch_is_the_generalization_benchmarks_winning_row(monkeypatch: pytest.MonkeyPatch) -> None:
+    # AUGMENT=1 is what benchmarks/generalization.py measured as baseline+channel: a change to either that
+    # the other does not follow would make BENCHMARKS.md's figures describe some other recipe.
+    from dsita.settings.options import augment_options
+
+    benchmarks = Path(__file__).resolve().parents[1] / "benchmarks"
+    monkeypatch.syspath_prepend(str(benchmarks))
+    import generalization
+
+    monkeypatch.setenv("AUGMENT", "1")
+    settings, _ = load_settings()
+    assert augment_options(settings) == generalization.rows()["baseline+channel"].augment

@@ -150,14 +150,24 @@ FACTORS = "MIN,MAX factors above 0 such as 0.9,1.1"
 # Presets: a flag that gives the fields no flag, variable or env file sets these values. Applied to the
 # values themselves, so `dsita config` and a saved settings.env show what runs.
 PRESETS: dict[str, dict[str, Any]] = {
-    # AUGMENT=1: common choices of Kaldi and ESPnet recipes (speed perturbation and SpecAugment nearly always,
-    # noise and reverberation on part of the data), not values tuned on dsita.
+    # AUGMENT=1: the baseline+channel row of benchmarks/generalization.py, the best on unheard voices and
+    # channels at a fixed budget (BENCHMARKS.md): Kaldi's and ESPnet's speed perturbation, SpecAugment, noise
+    # and reverberation, plus the channel chain and babble. The speaker transforms cost steps for no gain.
     "augment": {
         "aug_speed": 0.5,
         "aug_specaugment": 1.0,
         "aug_noise": 0.5,
         "aug_gain": 0.5,
         "aug_reverb": 0.3,
+        "aug_babble": 0.2,
+        "aug_mic": 0.3,
+        "aug_clipping": 0.1,
+        "aug_compression": 0.2,
+        "aug_eq": 0.3,
+        "aug_band_limit": 0.2,
+        "aug_narrowband": 0.1,
+        "aug_mu_law": 0.05,
+        "aug_codec": 0.1,
     },
     # FAST_TRAIN=1: a tiny model, a few steps on a few clips, a small LM, and a fixed subset of a real
     # archive: a smoke test of every step in well under a minute.
