@@ -183,12 +183,28 @@ def test_the_loader_gives_one_line_errors_or_the_right_transcript(real: Real, pr
             assert "dsita-model-" not in message, message  # the member, not the deleted temporary folder
             outcomes[_kind(message)] += 1
             return
-        assert model.transcribe(real.clip).text == real.texts[suffix]
+        text = model.transcribe(real.clip).text
+        if _without_manifest(content):
+            # An older package (no manifest) loads unchecked by design: a member dropped or changed with it
+            # can load and read differently (no scorer, an emptied vocabulary), so only a transcript is asked.
+            assert isinstance(text, str)
+            outcomes["loaded unchecked (no manifest)"] += 1
+            return
+        assert text == real.texts[suffix]
         outcomes["loaded, right transcript"] += 1
 
     check()
     assert not list(private_tmp.iterdir()), "the loader left temporary files"
     print(f"\npackage loader fuzz: {sum(outcomes.values())} inputs: {dict(outcomes.most_common())}")
+
+
+def _without_manifest(content: bytes) -> bool:
+    """Whether `content` is a zip with no manifest member: a package of before manifests."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(content)) as zf:
+            return MANIFEST_FILE not in zf.namelist()
+    except zipfile.BadZipFile:
+        return False
 
 
 def _kind(message: str) -> str:
